@@ -1,0 +1,228 @@
+"""Differentiable base clusterings and the consensus aggregation (EnFormer's token mixer).
+
+One implementation of a base clustering, four assignment rules (ARCHITECTURE.md §5):
+
+=====================  ======================================  ========================
+class                  ``A`` from similarities ``S``            normaliser of centre m
+=====================  ======================================  ========================
+PartitionalClustering  ``sigmoid(S) * one_hot``                ``sum_n Hm + 1``
+FuzzyClustering        ``softmax_m(S)``                        ``sum_n A + 1e-7``
+PossibilisticClustering ``sigmoid(S)``                         ``sum_n A + 1e-7``
+ProbabilisticClustering ``softmax_m(a L + b + log_prior)``     ``sum_n A + 1e-7``
+=====================  ======================================  ========================
+
+An ensemble is a list of configs, so a new ensemble (three rules per block, other grids) is a
+config change::
+
+    base_clusterings=[dict(type='FuzzyClustering', grid=6),
+                      dict(type='PartitionalClustering', grid=5),
+                      dict(type='ProbabilisticClustering', grid=4)]
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict, List, Optional, Sequence, Tuple, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import clustering as ops
+from .layers import LayerScaleLinear, to_2tuple
+
+CLUSTERINGS: Dict[str, Type['BaseClustering']] = {}
+
+
+def register_clustering(cls):
+    CLUSTERINGS[cls.__name__] = cls
+    return cls
+
+
+def pool_tokens(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Adaptive average pool of a ``(b, d, H, W)`` map to ``size``, as ``(b, h*w, d)`` tokens."""
+    return F.adaptive_avg_pool2d(x, size).flatten(2).transpose(1, 2)
+
+
+class BaseClustering(nn.Module):
+    """One differentiable clustering step over the points of one head.
+
+    Args:
+        grid: centre grid ``(h, w)`` (or an int); the ``M = h*w`` initial centres are the
+            adaptive average pool of the key/value maps onto that grid.
+        head_dim: width ``d`` of the points.
+        rule: one of ``ops.RULES``.
+        centre_bias: add a learnt per-centre bias followed by ``SiLU(Linear)`` to the initial
+            centres (separately for keys and values); unused by the released variants.
+        gumbel: partitional rule only: straight-through Gumbel sampling in training
+            (as published); ``False`` uses argmax in training as well.
+    """
+
+    rule: str = 'fuzzy'
+
+    def __init__(self, grid, head_dim: int, rule: Optional[str] = None,
+                 centre_bias: bool = False, gumbel: bool = True):
+        super().__init__()
+        self.rule = rule or self.rule
+        if self.rule not in ops.RULES:
+            raise ValueError(f'unknown assignment rule {self.rule!r}; expected one of {ops.RULES}')
+        self.grid = to_2tuple(grid)
+        self.num_centres = self.grid[0] * self.grid[1]
+        self.head_dim = head_dim
+        self.gumbel = gumbel
+        m = self.num_centres
+        self.sim_alpha = nn.Parameter(torch.ones(m))
+        self.sim_beta = nn.Parameter(torch.zeros(m))
+        if self.rule == 'probabilistic':
+            self.log_priors = nn.Parameter(torch.zeros(m))
+            self.log_vars = nn.Parameter(torch.zeros(m, head_dim))
+        self.centre_bias = centre_bias
+        if centre_bias:
+            self.key_centre_bias = nn.Parameter(torch.zeros(m, head_dim))
+            self.key_centre_proj = nn.Linear(head_dim, head_dim)
+            self.value_centre_bias = nn.Parameter(torch.zeros(m, head_dim))
+            self.value_centre_proj = nn.Linear(head_dim, head_dim)
+        # set by tools/visualization (see enformer_core.record_assignments)
+        self.record = False
+        self.last_assignment: Optional[torch.Tensor] = None
+
+    def extra_repr(self) -> str:
+        return f'rule={self.rule}, grid={self.grid}, head_dim={self.head_dim}'
+
+    def similarity(self, centres: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        alpha = self.sim_alpha.view(1, -1, 1)
+        beta = self.sim_beta.view(1, -1, 1)
+        if self.rule == 'probabilistic':
+            ll = ops.gaussian_log_likelihood(centres, points, self.log_vars)
+            return alpha * ll + beta + self.log_priors.view(1, -1, 1)
+        return alpha * ops.cosine_similarity(centres, points) + beta
+
+    def forward(self, keys: torch.Tensor, values: torch.Tensor, key_points: torch.Tensor,
+                value_points: torch.Tensor) -> torch.Tensor:
+        """Cluster ``key_points`` and return the updated centres ``(b, M, d)``.
+
+        ``keys``/``values`` are full-resolution ``(b, d, H, W)`` maps (the initial centres
+        are pooled from them); ``key_points``/``value_points`` are the ``(b, N, d)`` points
+        that are clustered (agents or all pixels).
+        """
+        centres = pool_tokens(keys, self.grid)
+        init_values = pool_tokens(values, self.grid)
+        if self.centre_bias:
+            centres = F.silu(self.key_centre_proj(centres + self.key_centre_bias))
+            init_values = F.silu(self.value_centre_proj(init_values + self.value_centre_bias))
+        sim = self.similarity(centres, key_points)
+        weights, denom = ops.assign(sim, self.rule, self.training, self.gumbel)
+        if self.record:
+            self.last_assignment = weights.detach() if self.rule != 'partitional' else \
+                ops.hard_mask(sim, False).detach()
+        return ops.aggregate(weights, value_points, init_values, denom)
+
+
+@register_clustering
+class PartitionalClustering(BaseClustering):
+    """k-means-like hard assignment (straight-through Gumbel in training, argmax in eval)."""
+    rule = 'partitional'
+
+
+@register_clustering
+class FuzzyClustering(BaseClustering):
+    """Fuzzy-c-means-like soft assignment (softmax over centres)."""
+    rule = 'fuzzy'
+
+
+@register_clustering
+class PossibilisticClustering(BaseClustering):
+    """Possibilistic-c-means-like assignment (independent sigmoid memberships)."""
+    rule = 'possibilistic'
+
+
+@register_clustering
+class ProbabilisticClustering(BaseClustering):
+    """Diagonal-GMM E-step with learnt log-priors and log-variances."""
+    rule = 'probabilistic'
+
+
+register_clustering(BaseClustering)
+
+
+def build_clustering(cfg: dict, head_dim: int, gumbel: bool = True) -> BaseClustering:
+    cfg = copy.deepcopy(dict(cfg))
+    kind = cfg.pop('type', 'BaseClustering')
+    if kind not in CLUSTERINGS:
+        raise ValueError(f'unknown base clustering {kind!r}; available: {sorted(CLUSTERINGS)}')
+    cfg.setdefault('gumbel', gumbel)
+    return CLUSTERINGS[kind](head_dim=head_dim, **cfg)
+
+
+class ConsensusAggregation(nn.Module):
+    """Fuse the centres of all base clusterings back into the points (ARCHITECTURE.md §5.8)."""
+
+    def __init__(self, num_centres: int):
+        super().__init__()
+        self.num_centres = num_centres
+        self.sim_alpha = nn.Parameter(torch.ones(num_centres))
+        self.sim_beta = nn.Parameter(torch.zeros(num_centres))
+        self.record = False
+        self.last_assignment: Optional[torch.Tensor] = None
+
+    def forward(self, centres: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        if self.record:
+            g = ops.cosine_similarity(centres, queries) * self.sim_alpha.view(1, -1, 1) \
+                + self.sim_beta.view(1, -1, 1)
+            self.last_assignment = g.softmax(dim=1).detach()
+        return ops.consensus(centres, queries, self.sim_alpha, self.sim_beta)
+
+
+class EnsembleClustering(nn.Module):
+    """EnFormer's token mixer: K base clusterings + consensus aggregation + dispatch.
+
+    Works on channels-last ``(B, H, W, C)`` maps.  ``agents`` (stages 0-1) pools the points
+    to an ``a_h x a_w`` grid before clustering and bilinearly upsamples the result.
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int,
+                 base_clusterings: Sequence[dict], agents=None,
+                 layer_scale_init_value: float = 1e-6, deploy: bool = False,
+                 gumbel: bool = True):
+        super().__init__()
+        if len(base_clusterings) == 0:
+            raise ValueError('EnsembleClustering needs at least one base clustering')
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        inner = num_heads * head_dim
+        self.inner_dim = inner
+        self.agents = None if agents is None else to_2tuple(agents)
+        self.proj_in = nn.Linear(dim, (1 + 2 * len(base_clusterings)) * inner)
+        self.clusterings = nn.ModuleList(
+            [build_clustering(c, head_dim, gumbel) for c in base_clusterings])
+        self.consensus = ConsensusAggregation(sum(c.num_centres for c in self.clusterings))
+        self.proj_out = LayerScaleLinear(inner, dim, layer_scale_init_value, deploy)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, h*d) -> (B*h, d, H, W)."""
+        b, hh, ww, _ = t.shape
+        t = t.reshape(b, hh, ww, self.num_heads, self.head_dim).permute(0, 3, 4, 1, 2)
+        return t.reshape(b * self.num_heads, self.head_dim, hh, ww)
+
+    def _points(self, t: torch.Tensor) -> torch.Tensor:
+        """(b, d, H, W) -> (b, N', d): the agents grid in stages 0-1, else every pixel."""
+        if self.agents is not None:
+            return pool_tokens(t, self.agents)
+        return t.flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, hh, ww, _ = x.shape
+        chunks = self.proj_in(x).split(self.inner_dim, dim=-1)
+        queries = self._heads(chunks[0])
+        centres = []
+        for k, clustering in enumerate(self.clusterings):
+            keys = self._heads(chunks[1 + 2 * k])
+            values = self._heads(chunks[2 + 2 * k])
+            centres.append(clustering(keys, values, self._points(keys), self._points(values)))
+        y = self.consensus(torch.cat(centres, dim=1), self._points(queries))  # (b, N', d)
+        if self.agents is not None:
+            y = y.transpose(1, 2).reshape(-1, self.head_dim, *self.agents)
+            y = F.interpolate(y, size=(hh, ww), mode='bilinear', align_corners=False)
+            y = y.reshape(b, self.num_heads, self.head_dim, hh, ww).permute(0, 3, 4, 1, 2)
+        else:
+            y = y.reshape(b, self.num_heads, hh, ww, self.head_dim).permute(0, 2, 3, 1, 4)
+        return self.proj_out(y.reshape(b, hh, ww, self.inner_dim))

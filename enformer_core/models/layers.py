@@ -1,0 +1,220 @@
+"""Small building blocks shared by every backbone of the package."""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """Channels-first LayerNorm over C of a ``(B, C, H, W)`` map (ConvNeXt style, eps 1e-6)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity at evaluation or when ``p == 0``)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f'p={self.p}'
+
+
+class LayerScaleLinear(nn.Module):
+    """``Linear`` whose output is scaled per channel by a learnt ``gamma`` (layer scale).
+
+    ``fuse()`` folds ``gamma`` into the weights (deploy form, no ``gamma`` parameter).
+    """
+
+    def __init__(self, in_features: int, out_features: int, init_value: float = 1e-6,
+                 deploy: bool = False):
+        super().__init__()
+        self.fc = nn.Linear(in_features, out_features)
+        self.gamma = None if deploy else nn.Parameter(torch.full((out_features,), init_value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc(x)
+        return x if self.gamma is None else x * self.gamma
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        if self.gamma is None:
+            return
+        self.fc.weight.mul_(self.gamma.view(-1, 1))
+        self.fc.bias.mul_(self.gamma)
+        self.gamma = None
+
+
+# extra (kernel, dilation) branches of the re-parameterisable depthwise conv, by main kernel
+REPARAM_BRANCHES: Dict[int, List[Tuple[int, int]]] = {
+    3: [(1, 1)],
+    5: [(3, 1), (3, 2)],
+    7: [(5, 1), (3, 2), (3, 3)],
+}
+
+
+class ReparamDWConv(nn.Module):
+    """Depthwise conv with parallel dilated branches, foldable into one conv.
+
+    Training form: ``bn_out(bn(dw_k(x)) + sum_i bn_i(dw_{k_i, d_i}(x)))`` (no conv biases).
+    ``reparameterize()`` folds every BatchNorm and branch into a single ``dw_k`` with bias;
+    the fused module equals the unfused one in eval mode.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, deploy: bool = False):
+        super().__init__()
+        if kernel_size not in REPARAM_BRANCHES:
+            raise ValueError(f'ReparamDWConv supports kernel sizes {sorted(REPARAM_BRANCHES)}, '
+                             f'got {kernel_size}')
+        self.channels = channels
+        self.kernel_size = kernel_size
+        pad = kernel_size // 2
+        self.deploy = deploy
+        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=pad, groups=channels,
+                              bias=deploy)
+        if deploy:
+            return
+        self.bn = nn.BatchNorm2d(channels)
+        self.branch_convs = nn.ModuleList()
+        self.branch_bns = nn.ModuleList()
+        for k, d in REPARAM_BRANCHES[kernel_size]:
+            self.branch_convs.append(nn.Conv2d(channels, channels, k, padding=d * (k - 1) // 2,
+                                               dilation=d, groups=channels, bias=False))
+            self.branch_bns.append(nn.BatchNorm2d(channels))
+        self.bn_out = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deploy:
+            return self.conv(x)
+        out = self.bn(self.conv(x))
+        for conv, bn in zip(self.branch_convs, self.branch_bns):
+            out = out + bn(conv(x))
+        return self.bn_out(out)
+
+    @staticmethod
+    def _fold_bn(weight: torch.Tensor, bias: torch.Tensor, bn: nn.BatchNorm2d):
+        std = (bn.running_var + bn.eps).sqrt()
+        scale = bn.weight / std
+        return weight * scale.view(-1, 1, 1, 1), (bias - bn.running_mean) * scale + bn.bias
+
+    def _dilated_to_dense(self, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+        """Embed a (dilated) k_i x k_i kernel into the main k x k kernel grid."""
+        k_i = weight.shape[-1]
+        span = dilation * (k_i - 1) + 1
+        dense = weight.new_zeros(weight.shape[0], 1, span, span)
+        dense[:, :, ::dilation, ::dilation] = weight
+        pad = (self.kernel_size - span) // 2
+        return F.pad(dense, (pad, pad, pad, pad))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.deploy:
+            return
+        zero = self.conv.weight.new_zeros(self.channels)
+        weight, bias = self._fold_bn(self.conv.weight, zero, self.bn)
+        for (k, d), conv, bn in zip(REPARAM_BRANCHES[self.kernel_size], self.branch_convs,
+                                    self.branch_bns):
+            w_i, b_i = self._fold_bn(conv.weight, zero, bn)
+            weight = weight + self._dilated_to_dense(w_i, d)
+            bias = bias + b_i
+        weight, bias = self._fold_bn(weight, bias, self.bn_out)
+        fused = nn.Conv2d(self.channels, self.channels, self.kernel_size,
+                          padding=self.kernel_size // 2, groups=self.channels, bias=True)
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)
+        fused.to(self.conv.weight.device)
+        self.conv = fused
+        for name in ('bn', 'branch_convs', 'branch_bns', 'bn_out'):
+            delattr(self, name)
+        self.deploy = True
+
+
+class CoordinateGrid:
+    """Cached coordinate channels appended to the image (the backbones' only position signal).
+
+    ``mode='enformer'``: ``y_i = (i - 0.5)/(H - 1)`` (ARCHITECTURE.md §1);
+    ``mode='centered'``: ``y_i = i/(H - 1) - 0.5`` (Context Clusters / FEC, BASELINES.md).
+    The grid is built on the input's device and dtype and cached per (H, W, device, dtype).
+    """
+
+    def __init__(self, mode: str = 'enformer', max_cache: int = 16):
+        if mode not in ('enformer', 'centered'):
+            raise ValueError(f'unknown coordinate mode {mode!r}')
+        self.mode = mode
+        self.max_cache = max_cache
+        self._cache: Dict[tuple, torch.Tensor] = {}
+
+    def _axis(self, n: int, device, dtype) -> torch.Tensor:
+        i = torch.arange(n, device=device, dtype=torch.float64)
+        denom = max(n - 1, 1)
+        v = (i - 0.5) / denom if self.mode == 'enformer' else i / denom - 0.5
+        return v.to(dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        key = (h, w, x.device, x.dtype)
+        grid = self._cache.get(key)
+        if grid is None:
+            ys = self._axis(h, x.device, x.dtype).view(h, 1).expand(h, w)
+            xs = self._axis(w, x.device, x.dtype).view(1, w).expand(h, w)
+            grid = torch.stack([ys, xs]).unsqueeze(0)
+            if len(self._cache) >= self.max_cache:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = grid
+        return torch.cat([x, grid.expand(b, -1, -1, -1)], dim=1)
+
+
+def check_image_input(x: torch.Tensor, in_channels: int, min_size: int, name: str) -> None:
+    """Clear errors for the wrong kind of input (the most common first-day mistakes)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f'{name} expects a torch.Tensor, got {type(x).__name__}')
+    if x.dim() != 4:
+        raise ValueError(f'{name} expects a 4-D (B, C, H, W) tensor, got shape '
+                         f'{tuple(x.shape)}')
+    if x.shape[1] != in_channels:
+        raise ValueError(f'{name} expects {in_channels} input channels (RGB; the coordinate '
+                         f'channels are added inside), got {x.shape[1]} in shape '
+                         f'{tuple(x.shape)}')
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(f'{name} needs inputs of at least {min_size}x{min_size} pixels, got '
+                         f'{x.shape[2]}x{x.shape[3]}')
+
+
+def to_2tuple(v) -> Tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(v)
+    if len(v) != 2:
+        raise ValueError(f'expected an int or a pair, got {v}')
+    return (int(v[0]), int(v[1]))
+
+
+def linspace_list(rate: float, n: int) -> List[float]:
+    return [float(x) for x in torch.linspace(0, rate, n)] if n > 0 else []
+
+
+def as_list(v, n: int, name: str) -> list:
+    if isinstance(v, Sequence) and not isinstance(v, (str, dict)):
+        v = list(v)
+        if len(v) != n:
+            raise ValueError(f'{name} must have {n} entries (one per stage), got {len(v)}')
+        return v
+    return [v] * n

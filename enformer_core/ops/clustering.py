@@ -1,0 +1,180 @@
+"""Pure functions for differentiable clustering.
+
+Everything a clustering backbone does to a set of points is one of four steps, and each step
+lives here exactly once so that EnFormer and the baselines (Context Clusters, FEC,
+ClusterFormer) share the maths:
+
+* similarity:   ``cosine_similarity`` / ``gaussian_log_likelihood`` between centres and points;
+* assignment:   ``assign(sim, rule)`` turns similarities into weights ``A[m, n]`` plus the
+  per-centre normaliser;
+* aggregation:  ``aggregate`` (dense weights, batched matmul) or ``segment_aggregate`` (hard
+  assignment: a segment sum, torch-scatter when installed, pure PyTorch otherwise);
+* dispatch:     ``consensus`` (soft, EnFormer) or ``gather_dispatch`` (hard, CoC/FEC).
+
+Shapes: ``b`` folded batch (batch x heads), ``M`` centres, ``N`` points, ``d`` feature width.
+Centres are ``(b, M, d)``, points ``(b, N, d)``, similarities/assignments ``(b, M, N)``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional accelerator for the hard-assignment segment sum
+    import torch_scatter  # type: ignore
+
+    HAS_TORCH_SCATTER = True
+except Exception:  # pragma: no cover - depends on the environment
+    torch_scatter = None
+    HAS_TORCH_SCATTER = False
+
+#: the assignment rules of the base clusterings
+RULES = ('partitional', 'fuzzy', 'possibilistic', 'probabilistic')
+
+_EPS = 1e-7  # the published normaliser epsilon of the soft rules
+
+
+def cosine_similarity(centres: torch.Tensor, points: torch.Tensor,
+                      eps: float = 1e-12) -> torch.Tensor:
+    """``cos(centres[m], points[n])`` as a ``(b, M, N)`` batched matmul."""
+    c = F.normalize(centres, dim=-1, eps=eps)
+    p = F.normalize(points, dim=-1, eps=eps)
+    return torch.bmm(c, p.transpose(1, 2))
+
+
+def gaussian_log_likelihood(centres: torch.Tensor, points: torch.Tensor,
+                            log_vars: torch.Tensor) -> torch.Tensor:
+    """Diagonal-Gaussian log-likelihood (up to a constant) of every point under every centre.
+
+    ``L[m, n] = -1/2 (sum_j (p_j - c_j)^2 exp(-log_var[m, j]) + sum_j log_var[m, j])``,
+    expanded into matmuls so no ``(b, M, N, d)`` temporary is ever built.
+    ``log_vars`` is ``(M, d)`` (shared across the folded batch).
+    """
+    inv_var = torch.exp(-log_vars).unsqueeze(0)  # (1, M, d)
+    pp = torch.bmm(inv_var.expand(points.shape[0], -1, -1), (points * points).transpose(1, 2))
+    pc = torch.bmm(centres * inv_var, points.transpose(1, 2))
+    cc = (centres * centres * inv_var).sum(-1, keepdim=True)
+    sq = pp - 2 * pc + cc
+    return -0.5 * (sq + log_vars.sum(-1).view(1, -1, 1))
+
+
+def hard_mask(sim: torch.Tensor, training: bool, gumbel: bool = True) -> torch.Tensor:
+    """One-hot assignment over the centre axis (dim 1).
+
+    Training (with ``gumbel``): straight-through Gumbel-softmax (tau 1), as published.
+    Evaluation: ``one_hot(argmax)`` so inference is deterministic (the published code samples
+    Gumbel noise at evaluation too).
+    """
+    if training and gumbel:
+        return F.gumbel_softmax(sim, tau=1.0, hard=True, dim=1)
+    index = sim.argmax(dim=1, keepdim=True)
+    return torch.zeros_like(sim).scatter_(1, index, 1.0)
+
+
+def assign(sim: torch.Tensor, rule: str, training: bool = False,
+           gumbel: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Turn similarities ``(b, M, N)`` into assignment weights and per-centre normalisers.
+
+    Returns ``(A, denom)`` with ``A`` of shape ``(b, M, N)`` and ``denom`` ``(b, M)``; the
+    updated centre is ``(init + A @ values) / denom``.  The four rules differ only here.
+    """
+    if rule == 'fuzzy' or rule == 'probabilistic':
+        a = sim.softmax(dim=1)
+        return a, a.sum(-1) + _EPS
+    if rule == 'possibilistic':
+        a = torch.sigmoid(sim)
+        return a, a.sum(-1) + _EPS
+    if rule == 'partitional':
+        mask = hard_mask(sim, training, gumbel)
+        return torch.sigmoid(sim) * mask, mask.sum(-1) + 1.0
+    raise ValueError(f'unknown assignment rule {rule!r}; expected one of {RULES}')
+
+
+def aggregate(weights: torch.Tensor, values: torch.Tensor, init_centres: torch.Tensor,
+              denom: torch.Tensor) -> torch.Tensor:
+    """``Z[m] = (U[m] + sum_n A[m, n] V[n]) / denom[m]`` as one ``baddbmm``."""
+    return torch.baddbmm(init_centres, weights, values) / denom.unsqueeze(-1)
+
+
+def consensus(centres: torch.Tensor, queries: torch.Tensor, alpha: torch.Tensor,
+              beta: torch.Tensor) -> torch.Tensor:
+    """Consensus aggregation: fuse all base clusterings' centres back into the points.
+
+    ``G[m, n] = alpha[m] cos(Z[m], q_n) + beta[m]``, ``Gamma = softmax_m G``,
+    ``Y[n] = sum_m Gamma[m, n] Z[m]``: two batched matmuls, never a ``(b, d, M, N)`` temporary.
+    Returns ``(b, N, d)``.
+    """
+    g = cosine_similarity(centres, queries) * alpha.view(1, -1, 1) + beta.view(1, -1, 1)
+    gamma = g.softmax(dim=1)
+    return torch.bmm(gamma.transpose(1, 2), centres)
+
+
+def consensus_reference(centres: torch.Tensor, queries: torch.Tensor, alpha: torch.Tensor,
+                        beta: torch.Tensor) -> torch.Tensor:
+    """The published broadcast form of :func:`consensus` (materialises ``(b, d, M, N)``).
+
+    Kept only as the reference the fast path is tested against.
+    """
+    c = F.normalize(centres, dim=-1, eps=1e-12)
+    q = F.normalize(queries, dim=-1, eps=1e-12)
+    cos = (c.transpose(1, 2).unsqueeze(-1) * q.transpose(1, 2).unsqueeze(2)).sum(1)  # b M N
+    gamma = (cos * alpha.view(1, -1, 1) + beta.view(1, -1, 1)).softmax(dim=1)
+    return (gamma.unsqueeze(1) * centres.transpose(1, 2).unsqueeze(-1)).sum(2).transpose(1, 2)
+
+
+# --------------------------------------------------------------------------------------
+# Hard assignment as a segment sum (Context Clusters / FEC): O(N d) instead of O(M N d).
+# --------------------------------------------------------------------------------------
+def segment_sum(src: torch.Tensor, index: torch.Tensor, num_segments: int,
+                use_scatter: Optional[bool] = None) -> torch.Tensor:
+    """Sum rows of ``src`` (b, N, d) into ``num_segments`` buckets given ``index`` (b, N).
+
+    Uses torch-scatter when installed (``use_scatter=None``), else ``Tensor.index_add_``;
+    both give the same result (tests compare them).
+    """
+    b, n, d = src.shape
+    if use_scatter is None:
+        use_scatter = HAS_TORCH_SCATTER
+    if use_scatter:
+        if not HAS_TORCH_SCATTER:
+            raise RuntimeError('use_scatter=True but torch-scatter is not installed')
+        return torch_scatter.scatter_add(src, index.unsqueeze(-1).expand(-1, -1, d), dim=1,
+                                         dim_size=num_segments)
+    flat_index = (index + torch.arange(b, device=index.device).view(b, 1) * num_segments)
+    out = src.new_zeros(b * num_segments, d)
+    out.index_add_(0, flat_index.reshape(-1), src.reshape(b * n, d))
+    return out.view(b, num_segments, d)
+
+
+def segment_aggregate(values: torch.Tensor, index: torch.Tensor, weight: Optional[torch.Tensor],
+                      init_centres: torch.Tensor, use_scatter: Optional[bool] = None
+                      ) -> torch.Tensor:
+    """Hard-assignment centre update ``g_i = (v_i + sum_{j in i} w_j v_j) / (1 + sum_{j in i} w_j)``.
+
+    ``values`` (b, N, d), ``index`` (b, N) centre of each point, ``weight`` (b, N) or ``None``
+    for the unweighted (FEC) mean, ``init_centres`` (b, M, d).
+    """
+    m = init_centres.shape[1]
+    w = values.new_ones(values.shape[:2]) if weight is None else weight
+    num = segment_sum(values * w.unsqueeze(-1), index, m, use_scatter)
+    den = segment_sum(w.unsqueeze(-1), index, m, use_scatter)
+    return (init_centres + num) / (1.0 + den)
+
+
+def segment_aggregate_reference(values: torch.Tensor, index: torch.Tensor,
+                                weight: Optional[torch.Tensor],
+                                init_centres: torch.Tensor) -> torch.Tensor:
+    """The published broadcast form of :func:`segment_aggregate` (a ``(b, M, N, d)`` product)."""
+    m = init_centres.shape[1]
+    mask = F.one_hot(index, m).transpose(1, 2).to(values.dtype)  # b M N
+    w = mask if weight is None else mask * weight.unsqueeze(1)
+    num = (w.unsqueeze(-1) * values.unsqueeze(1)).sum(2)
+    return (init_centres + num) / (1.0 + w.sum(-1, keepdim=True))
+
+
+def gather_dispatch(centres: torch.Tensor, index: torch.Tensor,
+                    weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Send every point its centre: ``p'_j = w_j * g_{i(j)}`` (b, N, d)."""
+    out = torch.gather(centres, 1, index.unsqueeze(-1).expand(-1, -1, centres.shape[-1]))
+    return out if weight is None else out * weight.unsqueeze(-1)
