@@ -137,10 +137,10 @@ class ReparamDWConv(nn.Module):
             bias = bias + b_i
         weight, bias = self._fold_bn(weight, bias, self.bn_out)
         fused = nn.Conv2d(self.channels, self.channels, self.kernel_size,
-                          padding=self.kernel_size // 2, groups=self.channels, bias=True)
+                          padding=self.kernel_size // 2, groups=self.channels, bias=True,
+                          device=weight.device, dtype=weight.dtype)
         fused.weight.copy_(weight)
         fused.bias.copy_(bias)
-        fused.to(self.conv.weight.device)
         self.conv = fused
         for name in ('bn', 'branch_convs', 'branch_bns', 'bn_out'):
             delattr(self, name)

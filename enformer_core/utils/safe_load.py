@@ -46,7 +46,23 @@ def _mmengine_safe_types() -> list:
         pass
     import collections
     types += [collections.OrderedDict, collections.defaultdict]
+    # the message hub pickles its statistics methods as getattr(HistoryBuffer, 'min') etc.:
+    # stand in a getattr that resolves exactly those and nothing else
+    types.append((_history_buffer_getattr, 'builtins.getattr'))
     return types
+
+
+def _history_buffer_getattr(obj, name):
+    """``getattr`` restricted to the statistics methods of mmengine's HistoryBuffer."""
+    import pickle
+    try:
+        from mmengine.logging.history_buffer import HistoryBuffer
+    except Exception:  # pragma: no cover
+        HistoryBuffer = None
+    if HistoryBuffer is not None and obj is HistoryBuffer and \
+            name in ('min', 'max', 'mean', 'current', *HistoryBuffer._statistics_methods):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'weights-only loading refuses getattr({obj!r}, {name!r})')
 
 
 def allow_mmengine_globals() -> None:

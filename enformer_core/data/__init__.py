@@ -1,0 +1,1 @@
+"""Small datasets the project generates itself (tests and CPU demos; no downloads)."""

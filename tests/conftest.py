@@ -1,0 +1,28 @@
+"""Shared test set-up: repository root on sys.path, deterministic seeds, few threads.
+
+Test files are named ``test_<area>_*.py`` and imported in importlib mode (see pyproject),
+because the mmsegmentation wheel installs a top-level ``tests`` package.
+"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope='session')
+def repo_root() -> Path:
+    return ROOT
