@@ -6,3 +6,4 @@ from .clustering import (BaseClustering, ConsensusAggregation, EnsembleClusterin
 from .enformer import EnFormer, EnFormerBlock, enformer_b, enformer_l, enformer_s
 from .factory import ClusterClassifier, create_model, list_models, register_model
 from .layers import CoordinateGrid, LayerNorm2d, ReparamDWConv
+from . import baselines  # noqa: F401  (registers CoC, FEC, ClusterFormer)

@@ -69,6 +69,9 @@ class ClusterClassifier(nn.Module):
 def load_classifier_weights(model: nn.Module, path: str, strict: bool = True) -> None:
     """Load our, mmpretrain's or the published layout into ``model`` with a clear error."""
     state = maybe_convert_published(load_state_dict_file(path))
+    from .baseline_converters import convert_baseline_checkpoint, is_published_baseline
+    if is_published_baseline(state):
+        state = convert_baseline_checkpoint(state, strict=False)
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
     unexpected = [k for k in state if k not in own]

@@ -1,0 +1,3 @@
+# FEC large (fec_large), recipe as fec-small.
+_base_ = './fec-small_8xb128_in1k.py'
+model = dict(backbone=dict(arch='large'), head=dict(in_channels=512))

@@ -1,0 +1,3 @@
+# Context Clusters medium with 25 centres per region (p = 5) + Mask R-CNN 1x.
+_base_ = './mask-rcnn_coc-medium-p2_fpn_1x_coco.py'
+model = dict(backbone=dict(proposal=5))

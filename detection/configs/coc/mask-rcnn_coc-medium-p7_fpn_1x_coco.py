@@ -1,0 +1,3 @@
+# Context Clusters medium with 49 centres per region (p = 7) + Mask R-CNN 1x.
+_base_ = './mask-rcnn_coc-medium-p2_fpn_1x_coco.py'
+model = dict(backbone=dict(proposal=7))

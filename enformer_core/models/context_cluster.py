@@ -1,0 +1,219 @@
+"""Context Clusters (CoC, ICLR 2023) on the shared MetaFormer skeleton.
+
+Mixer (``shared/spec/BASELINES.md``): project points ``P = f(X)`` and values ``V = v(X)``, split
+into heads, partition every map into ``fold x fold`` regions, propose ``p x p`` centres per
+region by average pooling, ``S = sigmoid(beta + alpha cos(c, p))``, assign every point to its
+most similar centre, aggregate ``g_i = (v_i + sum_j S_ij v_j) / (1 + sum_j S_ij)`` and dispatch
+``p'_j = S_i(j)j g_i(j)``.  Because the assignment is one-hot, aggregation is a segment sum and
+dispatch a gather (O(N d), :func:`enformer_core.ops.clustering.segment_aggregate`), never the
+published ``(M, N, d)`` broadcast.
+
+**Ours:** any input size works: maps are padded to a multiple of the fold and the padded
+points are masked, so they neither join a cluster nor move a centre (the published code
+asserts divisibility).  The region helpers here are shared with FEC's cluster pooling.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.clustering import cosine_similarity, gather_dispatch, segment_aggregate
+from .layers import as_list, to_2tuple
+from .metaformer import MetaFormerBackbone
+
+
+# --------------------------------------------------------------------------------------
+# region partition with padding + masks (shared with FEC)
+# --------------------------------------------------------------------------------------
+def pad_to_multiple(x: torch.Tensor, multiple: Tuple[int, int]
+                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Zero-pad a ``(b, c, H, W)`` map at the bottom/right to multiples of ``multiple``.
+
+    Returns the padded map and a ``(1, 1, Hp, Wp)`` float mask of the real pixels, or
+    ``None`` when no padding was needed.
+    """
+    h, w = x.shape[-2:]
+    ph = (-h) % multiple[0]
+    pw = (-w) % multiple[1]
+    if ph == 0 and pw == 0:
+        return x, None
+    mask = x.new_ones(1, 1, h, w)
+    return F.pad(x, (0, pw, 0, ph)), F.pad(mask, (0, pw, 0, ph))
+
+
+def fold_regions(x: torch.Tensor, fold: Tuple[int, int]) -> torch.Tensor:
+    """``(b, c, fh*h, fw*w) -> (b*fh*fw, c, h, w)``: each region becomes a batch entry."""
+    fh, fw = fold
+    if fh == 1 and fw == 1:
+        return x
+    b, c, hh, ww = x.shape
+    h, w = hh // fh, ww // fw
+    x = x.reshape(b, c, fh, h, fw, w).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b * fh * fw, c, h, w)
+
+
+def unfold_regions(x: torch.Tensor, fold: Tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`fold_regions`."""
+    fh, fw = fold
+    if fh == 1 and fw == 1:
+        return x
+    bf, c, h, w = x.shape
+    b = bf // (fh * fw)
+    x = x.reshape(b, fh, fw, c, h, w).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, fh * h, fw * w)
+
+
+def masked_adaptive_avg_pool(x: torch.Tensor, mask: Optional[torch.Tensor],
+                             size: Tuple[int, int]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Adaptive average pooling over the real (``mask == 1``) pixels only.
+
+    Returns the pooled map and a ``(b, 1, *size)`` bool map of the bins that contain at least
+    one real pixel (``None`` without a mask).  Without a mask this is exactly
+    ``F.adaptive_avg_pool2d``.
+    """
+    if mask is None:
+        return F.adaptive_avg_pool2d(x, size), None
+    num = F.adaptive_avg_pool2d(x * mask, size)
+    den = F.adaptive_avg_pool2d(mask, size)
+    return num / den.clamp_min(1e-6), den > 0
+
+
+def partition(x: torch.Tensor, fold: Tuple[int, int], multiple: Tuple[int, int] = (1, 1)
+              ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Pad ``x`` so every one of ``fold`` regions has a side divisible by ``multiple``, then
+    fold the regions into the batch.  Returns ``(regions, region_mask)``; ``region_mask`` is
+    ``(b*fh*fw, 1, h, w)`` (or ``None`` when nothing was padded)."""
+    x, mask = pad_to_multiple(x, (fold[0] * multiple[0], fold[1] * multiple[1]))
+    regions = fold_regions(x, fold)
+    if mask is None:
+        return regions, None
+    rmask = fold_regions(mask, fold)  # (fh*fw, 1, h, w), batch-major folding below
+    return regions, rmask.repeat(x.shape[0], 1, 1, 1)
+
+
+# --------------------------------------------------------------------------------------
+# the Context Cluster mixer (also FEC's, with unweighted aggregation)
+# --------------------------------------------------------------------------------------
+class ContextClusterMixer(nn.Module):
+    """Region-wise hard clustering of points (CoC) on a channels-first map.
+
+    Args:
+        dim: input/output channels.
+        num_heads, head_dim: ``f``/``v`` project to ``num_heads * head_dim`` channels.
+        proposal: ``p`` (or ``(ph, pw)``): centres per region proposed by average pooling.
+        fold: ``fold`` (or ``(fh, fw)``) regions per side; 1 clusters the whole map.
+        weighted: CoC weights the aggregation by the similarity; FEC (``False``) averages.
+        use_scatter: segment sum through torch-scatter (``None``: when installed).
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int,
+                 proposal: Union[int, Sequence[int]] = 2, fold: Union[int, Sequence[int]] = 1,
+                 weighted: bool = True, use_scatter: Optional[bool] = None):
+        super().__init__()
+        inner = num_heads * head_dim
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.proposal = to_2tuple(proposal)
+        self.fold = to_2tuple(fold)
+        self.weighted = weighted
+        self.use_scatter = use_scatter
+        self.sim_alpha = nn.Parameter(torch.ones(1))
+        self.sim_beta = nn.Parameter(torch.zeros(1))
+        self.f = nn.Conv2d(dim, inner, 1)
+        self.v = nn.Conv2d(dim, inner, 1)
+        self.proj = nn.Conv2d(inner, dim, 1)
+        #: set ``record = True`` to keep the last assignment (b*heads*regions, N) for plots
+        self.record = False
+        self.last_assignment: Optional[torch.Tensor] = None
+
+    @property
+    def num_centres(self) -> int:
+        return self.proposal[0] * self.proposal[1]
+
+    def extra_repr(self) -> str:
+        return (f'heads={self.num_heads}, head_dim={self.head_dim}, proposal={self.proposal}, '
+                f'fold={self.fold}, weighted={self.weighted}')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        e, d = self.num_heads, self.head_dim
+        points = self.f(x).reshape(b * e, d, h, w)
+        values = self.v(x).reshape(b * e, d, h, w)
+        points, mask = partition(points, self.fold)
+        values, _ = partition(values, self.fold)
+        bb, _, rh, rw = points.shape
+        centres, centre_ok = masked_adaptive_avg_pool(points, mask, self.proposal)
+        value_centres, _ = masked_adaptive_avg_pool(values, mask, self.proposal)
+
+        p = points.flatten(2).transpose(1, 2)  # (bb, N, d)
+        v = values.flatten(2).transpose(1, 2)
+        c = centres.flatten(2).transpose(1, 2)  # (bb, M, d)
+        vc = value_centres.flatten(2).transpose(1, 2)
+        sim = torch.sigmoid(self.sim_beta + self.sim_alpha * cosine_similarity(c, p))  # bb M N
+        if centre_ok is not None:  # a bin of padding only is no centre
+            sim = sim.masked_fill(~centre_ok.flatten(1).unsqueeze(-1), -1.0)
+        s, index = sim.max(dim=1)  # hard assignment: (bb, N)
+        point_ok = None if mask is None else mask.flatten(1)
+        if self.weighted:
+            weight = s if point_ok is None else s * point_ok
+        else:
+            weight = point_ok  # None: every point counts once
+        g = segment_aggregate(v, index, weight, vc, self.use_scatter)  # (bb, M, d)
+        out = gather_dispatch(g, index, s)  # (bb, N, d)
+        if self.record:
+            self.last_assignment = index.detach()
+        out = out.transpose(1, 2).reshape(bb, d, rh, rw)
+        out = unfold_regions(out, self.fold)[:, :, :h, :w]
+        return self.proj(out.reshape(b, e * d, h, w))
+
+
+class ContextCluster(MetaFormerBackbone):
+    """Context Cluster backbone (``coc_tiny``, ``coc_tiny_plain``, ``coc_small``, ``coc_medium``).
+
+    Args (besides :class:`MetaFormerBackbone`'s):
+        arch: ``'tiny'``, ``'tiny_plain'``, ``'small'``, ``'medium'`` or a dict with
+            ``embed_dims``, ``depths``, ``mlp_ratios``, ``num_heads``, ``head_dim``,
+            ``proposal`` (per stage) and ``fold`` (per stage).
+        proposal: override the centres per region, an int ``p`` (``p x p``) or one per
+            stage; the dense variants use 2, 5 or 7 (4/25/49 centres per region).
+        fold: override the regions per side (int or one per stage).
+        use_scatter: segment sums through torch-scatter (``None``: when installed).
+    """
+
+    arch_settings = {
+        'tiny': dict(embed_dims=[32, 64, 196, 320], depths=[3, 4, 5, 2],
+                     mlp_ratios=[8, 8, 4, 4], num_heads=[4, 4, 8, 8], head_dim=24,
+                     proposal=[2, 2, 2, 2], fold=[8, 4, 2, 1]),
+        'tiny_plain': dict(embed_dims=[32, 64, 196, 320], depths=[3, 4, 5, 2],
+                           mlp_ratios=[8, 8, 4, 4], num_heads=[4, 4, 8, 8], head_dim=24,
+                           proposal=[4, 4, 2, 2], fold=[1, 1, 1, 1]),
+        'small': dict(embed_dims=[64, 128, 320, 512], depths=[2, 2, 6, 2],
+                      mlp_ratios=[8, 8, 4, 4], num_heads=[4, 4, 8, 8], head_dim=32,
+                      proposal=[2, 2, 2, 2], fold=[8, 4, 2, 1]),
+        'medium': dict(embed_dims=[64, 128, 320, 512], depths=[4, 4, 12, 4],
+                       mlp_ratios=[8, 8, 4, 4], num_heads=[6, 6, 12, 12], head_dim=32,
+                       proposal=[2, 2, 2, 2], fold=[8, 4, 2, 1]),
+    }
+    arch_aliases = {'t': 'tiny', 's': 'small', 'm': 'medium', 'tiny-plain': 'tiny_plain',
+                    'plain': 'tiny_plain'}
+    arch_keys = MetaFormerBackbone.arch_keys + ('num_heads', 'head_dim', 'proposal', 'fold')
+
+    def __init__(self, arch: Union[str, dict] = 'tiny', proposal=None, fold=None,
+                 use_scatter: Optional[bool] = None, **kwargs):
+        arch = self.resolve_arch(arch)
+        n = len(arch['embed_dims'])
+        if proposal is not None:
+            arch['proposal'] = as_list(proposal, n, 'proposal')
+        if fold is not None:
+            arch['fold'] = as_list(fold, n, 'fold')
+        arch['use_scatter'] = use_scatter
+        super().__init__(arch=arch, **kwargs)
+
+    def build_mixer(self, stage: int, index: int) -> nn.Module:
+        a = self.arch
+        return ContextClusterMixer(a['embed_dims'][stage], a['num_heads'][stage], a['head_dim'],
+                                   a['proposal'][stage], a['fold'][stage], weighted=True,
+                                   use_scatter=a['use_scatter'])

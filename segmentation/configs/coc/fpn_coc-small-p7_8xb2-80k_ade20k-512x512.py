@@ -1,0 +1,3 @@
+# Context Clusters small with 49 centres per region (p = 7) + Semantic FPN 80k.
+_base_ = './fpn_coc-small-p2_8xb2-80k_ade20k-512x512.py'
+model = dict(backbone=dict(proposal=7))
