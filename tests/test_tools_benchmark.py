@@ -1,0 +1,51 @@
+"""tools/analysis/benchmark.py (and the tools/benchmark.py shim): 2-iteration CPU smoke."""
+import importlib.util
+import json
+
+
+def _cli(repo_root, rel):
+    spec = importlib.util.spec_from_file_location(rel.replace('/', '_')[:-3], repo_root / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_smoke_writes_json_and_markdown(repo_root, tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    _cli(repo_root, 'tools/benchmark.py').main(
+        ['enformer_s', '--batch', '2', '--shape', '64', '--warmup', '1', '--iters', '2',
+         '--forms', 'train-graph', 'deploy', '--train', '--train-batch', '2',
+         '--train-iters', '1', '--train-warmup', '0', '--sweep', '64', '96',
+         '--threads', '1', '--no-progress', '--json', str(out)])
+    text = capsys.readouterr().out
+    assert 'img/s' in text and 'threads' in text
+    data = json.loads(out.read_text())
+    assert data['machine']['threads'] == 1
+    rows = {r['form']: r for r in data['results']}
+    assert set(rows) == {'train-graph', 'deploy'}
+    for r in rows.values():
+        ev = r['eval']
+        assert ev['batch'] == 2 and ev['iters'] == 2 and ev['img_s'] > 0
+        assert r['shape'] == [64, 64]
+    tr = rows['train-graph']['train']
+    assert tr['batch'] == 2 and tr['mean_s'] > 0
+    assert tr['peak_step_mb'] > 0 and tr['peak_mem_mb'] > tr['state_mb'] > 0
+    sweep = rows['train-graph']['sweep']
+    assert [s['shape'] for s in sweep] == [[64, 64], [96, 96]]
+    assert sweep[1]['gflops'] > 2 * sweep[0]['gflops']   # cost grows with the pixels
+
+
+def test_model_zoo_markdown(repo_root):
+    bench = _cli(repo_root, 'tools/analysis/benchmark.py')
+    cx = dict(params=8_531_184, params_paper_mi=8_506_224 / 2 ** 20, gflops=1.13696)
+    ev = dict(batch=32, warmup=3, iters=10, img_s=41.234)
+    rows = [dict(model='enformer_s', form='train-graph', complexity=cx, eval=ev),
+            dict(model='enformer_s', form='deploy', complexity=cx, eval=dict(ev, img_s=50.0)),
+            dict(model='coc_tiny', form='train-graph', complexity=dict(cx, params_paper_mi=5.3),
+                 eval=ev),
+            dict(model='coc_tiny', form='deploy', skipped='no reparameterize()')]
+    machine = dict(cpu='X', threads=2, nproc=2, loadavg=[1.0], torch='2')
+    zoo = bench.markdown(rows, machine, 'python tools/analysis/benchmark.py all')
+    assert '| enformer_s | 8,531,184 | 8.11 Mi | 1.137 | 41.2 | 50.0 |' in zoo
+    assert '| coc_tiny |' in zoo and zoo.count('| n/a |') == 1
+    assert 'python tools/analysis/benchmark.py all' in zoo
