@@ -127,8 +127,8 @@ def _annotation(ann_id: int, image_id: int, inst: dict) -> dict:
 
 
 def make_split(root: Union[str, Path], split: str, num_images: int, seed: int,
-               image_size: Union[int, Sequence[int]] = (160, 160),
-               shapes_per_image: Tuple[int, int] = (1, 4),
+               image_size: Union[int, Sequence[int]] = (128, 128),
+               shapes_per_image: Tuple[int, int] = (1, 3),
                size_range: Tuple[float, float] = (0.15, 0.45),
                empty_images: int = 0) -> Path:
     """Write ``num_images`` images of one split and ``annotations/instances_{split}.json``.
@@ -207,9 +207,9 @@ def draw_preview(root: Union[str, Path], split: str = 'train', num: int = 8,
     return out
 
 
-def make_shapes_coco(root: Union[str, Path], num_train: int = 400, num_val: int = 100,
-                     image_size: Union[int, Sequence[int]] = (160, 160), seed: int = 0,
-                     shapes_per_image: Tuple[int, int] = (1, 4), empty_train_images: int = 0,
+def make_shapes_coco(root: Union[str, Path], num_train: int = 200, num_val: int = 50,
+                     image_size: Union[int, Sequence[int]] = (128, 128), seed: int = 0,
+                     shapes_per_image: Tuple[int, int] = (1, 3), empty_train_images: int = 0,
                      preview: bool = True, verbose: bool = False) -> Dict[str, Path]:
     """Generate the train and val splits under ``root`` (see the module docstring).
 
