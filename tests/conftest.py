@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# OMP_NUM_THREADS (the Makefile sets 2) decides; oversubscribing a shared machine is far
+# slower than one thread
+torch.set_num_threads(max(1, int(os.environ.get('OMP_NUM_THREADS', '1'))))
 
 
 @pytest.fixture(autouse=True)

@@ -33,8 +33,23 @@ def prepare_distributed(cfg, launcher: str) -> None:
                            f'start it through tools/dist_train.sh (torchrun) or srun')
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')
+    # torch's SyncBatchNorm only runs on GPUs: plain BN per process on CPU
+    if 'model' in cfg:
+        _sync_bn_to_bn(cfg.model)
     cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
                                  broadcast_buffers=False)
     env_cfg = cfg.get('env_cfg', None) or {}
     env_cfg['dist_cfg'] = dict(backend='gloo')
     cfg.env_cfg = env_cfg
+
+
+def _sync_bn_to_bn(node) -> None:
+    """Replace every ``norm_cfg=dict(type='SyncBN')`` in a model config by plain BN."""
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+        for value in node.values():
+            _sync_bn_to_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _sync_bn_to_bn(value)
