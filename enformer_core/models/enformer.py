@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmengine.model import BaseModule
 
+from .base import ClusterBackbone
 from .clustering import BaseClustering, ConsensusAggregation, EnsembleClustering
 from .layers import (CoordinateGrid, DropPath, LayerNorm2d, LayerScaleLinear, ReparamDWConv,
                      as_list, check_image_input, linspace_list)
@@ -114,7 +114,7 @@ def _grids(fuzzy, partitional) -> List[dict]:
             dict(type='PartitionalClustering', grid=partitional)]
 
 
-class EnFormer(BaseModule):
+class EnFormer(ClusterBackbone):
     """EnFormer backbone (mmpretrain-style).
 
     Args:
@@ -266,16 +266,6 @@ class EnFormer(BaseModule):
         raise ValueError('clustering must be a preset name or a dict with "agents" and '
                          '"base_clusterings"')
 
-    @property
-    def with_cp(self) -> bool:
-        return self._with_cp
-
-    @with_cp.setter
-    def with_cp(self, value: bool) -> None:
-        self._with_cp = bool(value)
-        for stage in self.stages:
-            stage.with_cp = self._with_cp
-
     # ------------------------------------------------------------------ init / weights
     def _default_init(self) -> None:
         for m in self.modules():
@@ -289,43 +279,6 @@ class EnFormer(BaseModule):
             elif isinstance(m, (BaseClustering, ConsensusAggregation)):
                 nn.init.ones_(m.sim_alpha)
                 nn.init.zeros_(m.sim_beta)
-
-    def init_weights(self) -> None:
-        """Default init, or ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)``.
-
-        Pretrained loading adapts per-centre parameters whose number of centres differs (an
-        ImageNet checkpoint into a detection backbone) and logs adapted, missing and
-        unexpected keys (see :func:`enformer_core.models.checkpoint.load_pretrained`).
-        """
-        cfg = self.init_cfg
-        if isinstance(cfg, (list, tuple)):
-            cfg = cfg[0] if len(cfg) == 1 else None
-        if cfg is not None and cfg.get('type') == 'Pretrained':
-            from .checkpoint import load_pretrained
-            self._default_init()
-            load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix', ''))
-        else:
-            self._default_init()
-        self._is_init = True
-
-    # ------------------------------------------------------------------ train-mode policies
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        frozen = [self.stem] + [self.stages[i] for i in range(self.frozen_stages)]
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
     @torch.no_grad()
     def reparameterize(self) -> 'EnFormer':

@@ -19,8 +19,8 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
-from mmengine.model import BaseModule
 
+from .base import ClusterBackbone
 from .layers import CoordinateGrid, DropPath, check_image_input
 
 
@@ -81,7 +81,7 @@ class MetaFormerStage(nn.Module):
         return x
 
 
-class MetaFormerBackbone(BaseModule):
+class MetaFormerBackbone(ClusterBackbone):
     """Base class of the CoC / FEC / ClusterFormer backbones (mmpretrain-style).
 
     Args:
@@ -196,16 +196,6 @@ class MetaFormerBackbone(BaseModule):
         out['_resolved'] = True
         return out
 
-    @property
-    def with_cp(self) -> bool:
-        return self._with_cp
-
-    @with_cp.setter
-    def with_cp(self, value: bool) -> None:
-        self._with_cp = bool(value)
-        for stage in self.stages:
-            stage.with_cp = self._with_cp
-
     # ------------------------------------------------------------------ init / weights
     def _default_init(self) -> None:
         """Linear: trunc_normal(0.02), bias 0; convs keep PyTorch's default; alpha 1, beta 0."""
@@ -215,33 +205,9 @@ class MetaFormerBackbone(BaseModule):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def init_weights(self) -> None:
-        cfg = self.init_cfg
-        if isinstance(cfg, (list, tuple)):
-            cfg = cfg[0] if len(cfg) == 1 else None
-        if cfg is not None and cfg.get('type') == 'Pretrained':
-            from .baseline_converters import load_baseline_pretrained
-            load_baseline_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix', ''))
-        self._is_init = True
-
-    # ------------------------------------------------------------------ train-mode policies
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        frozen = [self.stem] + [self.stages[i] for i in range(self.frozen_stages)]
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+    def _load_pretrained(self, checkpoint: str, prefix: str) -> None:
+        from .baseline_converters import load_baseline_pretrained
+        load_baseline_pretrained(self, checkpoint, prefix=prefix)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor):
