@@ -15,7 +15,9 @@ ch = 64  # FPN / head width (256 on COCO)
 model = dict(
     backbone=dict(drop_path_rate=0.0, init_cfg=None),   # from scratch: no ImageNet weights
     neck=dict(out_channels=ch),
-    rpn_head=dict(in_channels=ch, feat_channels=ch),
+    # objects are 15-60 px in 128 px images: anchors of 16-256 px (32-512 on COCO)
+    rpn_head=dict(in_channels=ch, feat_channels=ch,
+                  anchor_generator=dict(scales=[4])),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=ch),
         bbox_head=dict(in_channels=ch, fc_out_channels=256, num_classes=3),
@@ -57,11 +59,11 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json',
                      metric=['bbox', 'segm'])
 test_evaluator = val_evaluator
 
-max_epochs = 3  # 200 images / batch 4 = 50 iterations per epoch
+max_epochs = 12  # 200 images / batch 4 = 50 iterations per epoch
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[2], gamma=0.1)
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[9, 11], gamma=0.1)
 ]
 optim_wrapper = dict(optimizer=dict(lr=1e-3), clip_grad=dict(max_norm=10.0))
 auto_scale_lr = dict(enable=False, base_batch_size=4)

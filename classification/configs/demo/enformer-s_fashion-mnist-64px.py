@@ -1,0 +1,103 @@
+# The embedded CPU demo (`make demo`): the full EnFormer-S, trained from scratch on
+# Fashion-MNIST (Debian package dataset-fashion-mnist) at 64x64, grey replicated to RGB.
+# Sized for a 2-core CPU: one pass over a random subset of the 60k training images, then
+# evaluation on all 10k test images (tools/run_demo.sh). Figures: classification/README.md.
+custom_imports = dict(imports=['enformer_core'], allow_failed_imports=False)
+default_scope = 'mmpretrain'
+
+data_root = '/usr/share/datasets/fashion-mnist'
+img_size = 64
+num_train = 40000  # training images seen (a fixed random subset of the 60k, one epoch)
+batch_size = 32
+iters = num_train // batch_size
+warmup_iters = iters // 10
+lr = 2e-3
+
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(type='EnFormer', arch='s', drop_path_rate=0.0),
+    neck=None,
+    head=dict(
+        type='LinearClsHead',
+        num_classes=10,
+        in_channels=320,
+        loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
+        init_cfg=dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
+    ),
+)
+
+data_preprocessor = dict(
+    num_classes=10,
+    mean=[72.94, 72.94, 72.94],  # Fashion-MNIST pixel mean / std (0.286, 0.353) x 255
+    std=[90.02, 90.02, 90.02],
+    to_rgb=False,
+)
+train_pipeline = [
+    dict(type='Resize', scale=(img_size, img_size), interpolation='bilinear'),
+    dict(type='GreyToRGB'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [
+    dict(type='Resize', scale=(img_size, img_size), interpolation='bilinear'),
+    dict(type='GreyToRGB'),
+    dict(type='PackInputs'),
+]
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=0,  # 2 cores: loading in the main process is cheapest
+    persistent_workers=False,  # (mmpretrain's tools/train.py, used by mim, defaults to True)
+    dataset=dict(type='FashionMNISTIdx', data_root=data_root, split='train',
+                 num_samples=num_train, seed=0, pipeline=train_pipeline),
+    sampler=dict(type='DefaultSampler', shuffle=True),
+)
+# evaluation on the 10 000 test images (split='test' reads the t10k files)
+test_dataloader = dict(
+    batch_size=250,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(type='FashionMNISTIdx', data_root=data_root, split='test',
+                 pipeline=test_pipeline),
+    sampler=dict(type='DefaultSampler', shuffle=False),
+)
+test_evaluator = dict(type='Accuracy', topk=(1, 5))
+test_cfg = dict()
+# no validation during the single training epoch: tools/run_demo.sh evaluates afterwards
+val_dataloader = None
+val_evaluator = None
+val_cfg = None
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=lr, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999)),
+    paramwise_cfg=dict(
+        norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0,
+        custom_keys={k: dict(decay_mult=0.0)
+                     for k in ('sim_alpha', 'sim_beta', 'gamma', 'log_priors', 'log_vars')}),
+)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=warmup_iters),
+    dict(type='CosineAnnealingLR', eta_min=1e-6, by_epoch=False, begin=warmup_iters,
+         end=iters),
+]
+train_cfg = dict(by_epoch=True, max_epochs=1)
+
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=100),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='VisualizationHook', enable=False),
+)
+custom_hooks = [dict(type='ProgressBarHook', interval=25)]
+
+env_cfg = dict(cudnn_benchmark=False,
+               mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+               dist_cfg=dict(backend='gloo'))
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=0, deterministic=False)

@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint of any EnFormer config (classification, detection, segmentation).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl]
+                         [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
+
+The checkpoint must fit the config's model exactly (same variant, task and classes);
+otherwise the missing / unexpected / mis-shaped keys are listed and nothing is evaluated.
+The metrics are printed at the end as one line ``metrics: {...}`` (JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from train import (LaunchError, build_runner, check_checkpoint_fits, check_data_paths,  # noqa: E402
+                   describe_model, load_config, run_main, set_work_dir, adapt_to_machine)
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(description='Evaluate a checkpoint with MMEngine')
+    p.add_argument('config', help='config file')
+    p.add_argument('checkpoint', help='checkpoint file (.pth)')
+    p.add_argument('--work-dir', help='where the evaluation log goes')
+    p.add_argument('--out', help='also dump the raw predictions to this .pkl file')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override config entries, e.g. test_dataloader.batch_size=64')
+    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    p.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = p.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not osp.isfile(args.checkpoint):
+        raise LaunchError(f'checkpoint not found: {args.checkpoint}')
+    cfg = load_config(args.config, args.cfg_options)
+    set_work_dir(cfg, args.config, args.work_dir)
+    cfg.launcher = args.launcher
+    cfg.load_from = None  # loaded (strictly) below
+    cfg.resume = False
+    adapt_to_machine(cfg)
+    if not cfg.get('test_dataloader') or cfg.get('test_evaluator') is None:
+        raise LaunchError(f'{args.config} has no test_dataloader / test_evaluator')
+    check_data_paths(cfg, ['test_dataloader'])
+    if args.out:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise LaunchError(f'--out must be a .pkl file, got {args.out}')
+        dump = dict(type='DumpResults', out_file_path=args.out)
+        ev = cfg.test_evaluator
+        cfg.test_evaluator = (list(ev) if isinstance(ev, (list, tuple)) else [ev]) + [dump]
+
+    from enformer_core.utils.dist import prepare_distributed
+    prepare_distributed(cfg, args.launcher)
+    runner = build_runner(cfg)
+    check_checkpoint_fits(runner.model, args.checkpoint, describe_model(cfg))
+    runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+    metrics = runner.test()
+    if runner.rank == 0:
+        print('metrics: ' + json.dumps({k: float(v) if hasattr(v, '__float__') else str(v)
+                                        for k, v in (metrics or {}).items()}), flush=True)
+    return metrics
+
+
+if __name__ == '__main__':
+    run_main(main)
