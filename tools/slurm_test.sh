@@ -3,7 +3,6 @@
 #   [GPUS=8] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS="..."] \
 #   tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [tools/test.py options...]
 set -euo pipefail
-
 if [ "$#" -lt 4 ]; then
     echo "usage: $0 PARTITION JOB_NAME CONFIG CHECKPOINT [test.py options...]" >&2
     exit 2
@@ -13,22 +12,6 @@ JOB_NAME=$2
 CONFIG=$3
 CHECKPOINT=$4
 shift 4
-
-GPUS=${GPUS:-8}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-CPUS_PER_TASK=${CPUS_PER_TASK:-5}
-read -r -a SRUN_EXTRA <<< "${SRUN_ARGS:-}"
-PYTHON=${PYTHON:-python}
-TOOLS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT_DIR=$(dirname "$TOOLS_DIR")
-
-PYTHONPATH="$ROOT_DIR${PYTHONPATH:+:$PYTHONPATH}" \
-srun -p "$PARTITION" \
-    --job-name="$JOB_NAME" \
-    --gres=gpu:"$GPUS_PER_NODE" \
-    --ntasks="$GPUS" \
-    --ntasks-per-node="$GPUS_PER_NODE" \
-    --cpus-per-task="$CPUS_PER_TASK" \
-    --kill-on-bad-exit=1 \
-    "${SRUN_EXTRA[@]}" \
-    "$PYTHON" -u "$TOOLS_DIR/test.py" "$CONFIG" "$CHECKPOINT" --launcher=slurm "$@"
+# shellcheck source=tools/launch_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
+run_srun "$PARTITION" "$JOB_NAME" test.py "$CONFIG" "$CHECKPOINT" "$@"
