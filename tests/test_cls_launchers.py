@@ -3,6 +3,7 @@ of Fashion-MNIST (EnFormer-S at 32 px), plus the errors for bad input."""
 import gzip
 import importlib.util
 import json
+import time
 import os
 import pickle
 import subprocess
@@ -131,6 +132,8 @@ def test_resume_continues_from_the_saved_iteration(tiny):
     first = train_tool.main([tiny['resume_cfg'], '--work-dir', str(work)])
     assert first.iter == 3  # stopped after 3 of the 8 iterations of the epoch
     assert (work / 'iter_2.pth').is_file()
+    # mmengine names each run's log folder by the second it started: keep the two apart
+    time.sleep(1.1)
     runner = train_tool.main([tiny['resume_cfg'], '--work-dir', str(work), '--resume',
                               str(work / 'iter_2.pth'), '--cfg-options', 'train_cfg.max_iters=4'])
     assert runner.iter == 4
