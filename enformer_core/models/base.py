@@ -16,6 +16,22 @@ from mmengine.model import BaseModule
 
 class ClusterBackbone(BaseModule):
 
+    def _set_stage_options(self, out_indices, frozen_stages: int) -> None:
+        """Validate and store ``out_indices`` (negative counts from the end) and
+        ``frozen_stages`` against ``self.num_stages``."""
+        n = self.num_stages
+        if isinstance(out_indices, int):
+            out_indices = (out_indices,)
+        out_indices = [i + n if i < 0 else i for i in out_indices]
+        for i in out_indices:
+            if not 0 <= i < n:
+                raise ValueError(f'out_indices must be in [0, {n - 1}] (or negative from the '
+                                 f'end), got {out_indices}')
+        self.out_indices = tuple(out_indices)
+        if not -1 <= frozen_stages <= n:
+            raise ValueError(f'frozen_stages must be in [-1, {n}], got {frozen_stages}')
+        self.frozen_stages = frozen_stages
+
     def _pretrained_cfg(self) -> Optional[dict]:
         cfg = self.init_cfg
         if isinstance(cfg, (list, tuple)):

@@ -129,18 +129,7 @@ class MetaFormerBackbone(ClusterBackbone):
         self.embed_dims = dims
         self.num_stages = len(dims)
         self.in_channels = in_channels
-        if isinstance(out_indices, int):
-            out_indices = (out_indices,)
-        out_indices = [i + self.num_stages if i < 0 else i for i in out_indices]
-        for i in out_indices:
-            if not 0 <= i < self.num_stages:
-                raise ValueError(f'out_indices must be in [0, {self.num_stages - 1}] '
-                                 f'(or negative from the end), got {out_indices}')
-        self.out_indices = tuple(out_indices)
-        if not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f'frozen_stages must be in [-1, {self.num_stages}], '
-                             f'got {frozen_stages}')
-        self.frozen_stages = frozen_stages
+        self._set_stage_options(out_indices, frozen_stages)
         self.norm_eval = norm_eval
         self.pooled_output = pooled_output
 
