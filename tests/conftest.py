@@ -28,3 +28,14 @@ def _seed():
 @pytest.fixture(scope='session')
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for many-small-kernel tests: as fast, and immune to
+    over-subscribed cores (2 spinning OpenMP threads on a busy 2-core machine made a
+    training step ~10x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,14 +12,7 @@ from enformer_core.data import shapes_ade
 from enformer_core.data.shapes_ade import STYLES, make_shapes_ade, render_sample
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is as fast, and immune to over-subscribed cores
-    (2 spinning OpenMP threads on a busy 2-core machine made a step ~10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ------------------------------------------------------------------------------ generator

@@ -19,14 +19,7 @@ MODEL_PARAMS = {'s': 12_387_558, 'b': 19_403_158, 'l': 34_959_446}
 MODEL_PARAMS_REPARAM = {'s': (12_362_598, 12.3), 'b': (19_320_598, 19.3), 'l': (34_595_542, 34.6)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is as fast, and immune to over-subscribed cores
-    (2 spinning OpenMP threads on a busy 2-core machine made a step ~10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')

@@ -12,14 +12,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is as fast, and immune to over-subscribed cores
-    (2 spinning OpenMP threads on a busy 2-core machine made a step ~10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 ROOT = Path(__file__).resolve().parents[1]

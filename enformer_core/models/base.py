@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
+
+from .layers import check_image_input
 
 
 class ClusterBackbone(BaseModule):
@@ -79,3 +82,20 @@ class ClusterBackbone(BaseModule):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self
+
+    # ------------------------------------------------------------------ forward
+    def _stage_output(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """The returned output of stage ``i`` (its post-norm, pooled for classification)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor):
+        check_image_input(x, self.in_channels, self.min_input_size, type(self).__name__)
+        x = self.stem(self.coords(x))
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage.forward_blocks(x)
+            if i in self.out_indices:
+                outs.append(self._stage_output(i, x))
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        return tuple(outs)

@@ -22,7 +22,7 @@ import torch.utils.checkpoint as cp
 from .base import ClusterBackbone
 from .clustering import BaseClustering, ConsensusAggregation, EnsembleClustering
 from .layers import (CoordinateGrid, DropPath, LayerNorm2d, LayerScaleLinear, ReparamDWConv,
-                     as_list, check_image_input, linspace_list)
+                     as_list, linspace_list)
 
 
 class Stem(nn.Module):
@@ -282,18 +282,9 @@ class EnFormer(ClusterBackbone):
         return self
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor):
-        check_image_input(x, self.in_channels, self.min_input_size, type(self).__name__)
-        x = self.stem(self.coords(x))
-        outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage.forward_blocks(x)
-            if i in self.out_indices:
-                norm = getattr(self, f'post_norm{i}')
-                outs.append(norm(x.mean((2, 3))) if self.gap_before_final_norm else norm(x))
-            if stage.downsample is not None:
-                x = stage.downsample(x)
-        return tuple(outs)
+    def _stage_output(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        norm = getattr(self, f'post_norm{i}')
+        return norm(x.mean((2, 3))) if self.gap_before_final_norm else norm(x)
 
 
 # --------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 
 from .base import ClusterBackbone
-from .layers import CoordinateGrid, DropPath, check_image_input
+from .layers import CoordinateGrid, DropPath
 
 
 class Mlp(nn.Module):
@@ -199,15 +199,6 @@ class MetaFormerBackbone(ClusterBackbone):
         load_baseline_pretrained(self, checkpoint, prefix=prefix)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor):
-        check_image_input(x, self.in_channels, self.min_input_size, type(self).__name__)
-        x = self.stem(self.coords(x))
-        outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage.forward_blocks(x)
-            if i in self.out_indices:
-                y = getattr(self, f'post_norm{i}')(x)
-                outs.append(y.mean((2, 3)) if self.pooled_output else y)
-            if stage.downsample is not None:
-                x = stage.downsample(x)
-        return tuple(outs)
+    def _stage_output(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        y = getattr(self, f'post_norm{i}')(x)
+        return y.mean((2, 3)) if self.pooled_output else y
