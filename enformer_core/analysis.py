@@ -688,7 +688,11 @@ def collect_assignments(backbone: nn.Module, image: torch.Tensor,
         if s not in want_stages or not _block_wanted(b, depth[s], blocks):
             continue
         mixer = _mixer_of(backbone, name)
-        pts = tuple(mixer.agents) if getattr(mixer, 'agents', None) else shapes[id(mixer)]
+        pts = shapes[id(mixer)]  # the map (H, W) the mixer saw; its agent grid if it pooled
+        if hasattr(mixer, 'agent_grid'):
+            pts = mixer.agent_grid(*pts) or pts
+        elif getattr(mixer, 'agents', None):
+            pts = tuple(mixer.agents)
         a = m.last_assignment  # (B*heads, M, N')
         heads = a.shape[0] // image.shape[0]
         if not 0 <= head < heads:

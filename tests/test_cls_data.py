@@ -40,6 +40,17 @@ def test_split_test_reads_the_test_files(fmnist_dir):
     assert FashionMNISTIdx.METAINFO['classes'][0] == 'T-shirt/top'
 
 
+def test_num_samples_beyond_the_split_repeats_it(fmnist_dir):
+    """num_samples sizes an epoch in images: 30 = the 12 training images twice + 6 of them."""
+    more = FashionMNISTIdx(data_root=str(fmnist_dir), split='train', num_samples=30, seed=1)
+    assert len(more) == 30
+    imgs = [more.get_data_info(i)['img'].tobytes() for i in range(30)]
+    counts = sorted(imgs.count(b) for b in set(imgs))
+    assert len(set(imgs)) == 12 and counts == [2] * 6 + [3] * 6
+    with pytest.raises(ValueError, match='num_samples must be a positive'):
+        FashionMNISTIdx(data_root=str(fmnist_dir), split='train', num_samples=0)
+
+
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r'train-images-idx3-ubyte.*dataset-fashion-mnist'):
         FashionMNISTIdx(data_root=str(tmp_path / 'nowhere'), split='train')

@@ -185,6 +185,31 @@ def test_custom_ensemble_is_a_config_change():
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64))[0].shape == (1, 320)
 
+def test_clamp_agents_clusters_small_maps_directly_and_leaves_large_maps_alone():
+    torch.manual_seed(0)
+    ls = dict(layer_scale_init_value=1.0)            # let the mixers matter
+    ref = EnFormer('s', **ls).eval()                 # published: always pool to 14x14 agents
+    clamped = EnFormer('s', clamp_agents=True, **ls).eval()
+    clamped.load_state_dict(ref.state_dict())        # same parameters
+    all_pixels = EnFormer('s', clustering=dict(
+        agents=[14, None, None, None],
+        base_clusterings=EnFormer.clustering_presets['classification']['base_clusterings']),
+        **ls).eval()
+    all_pixels.load_state_dict(ref.state_dict())
+    mixer1 = clamped.stages[1].blocks[0].mixer
+    assert mixer1.agent_grid(8, 8) is None           # 8x8 < 14x14: every pixel
+    assert mixer1.agent_grid(28, 10) == (14, 10)     # clamped per axis
+    assert mixer1.agent_grid(28, 28) == (14, 14)
+    assert ref.stages[1].blocks[0].mixer.agent_grid(8, 8) == (14, 14)
+    with torch.no_grad():
+        small = torch.randn(2, 3, 64, 64)            # stage 0: 16x16 > 14 agents, stage 1: 8x8
+        out = clamped(small)[0]
+        torch.testing.assert_close(out, all_pixels(small)[0], rtol=1e-5, atol=1e-5)
+        assert (out - ref(small)[0]).abs().max() > 1e-4  # the published model pools 8x8 up
+        large = torch.randn(1, 3, 128, 128)          # every map >= its grid: identical
+        torch.testing.assert_close(clamped(large)[0], ref(large)[0], rtol=0, atol=0)
+
+
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(arch='xl'), 'unknown EnFormer arch'),

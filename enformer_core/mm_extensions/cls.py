@@ -63,8 +63,10 @@ class FashionMNISTIdx(BaseDataset):
     Args:
         data_root: folder holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
         split: ``'train'`` (60 000 images) or ``'test'`` (10 000 images).
-        num_samples: keep only this many images (a fixed random subset drawn with ``seed``,
-            class-balanced up to rounding); ``None`` keeps all.
+        num_samples: images per epoch. Fewer than the split: a fixed random subset drawn
+            with ``seed``. More: the whole split, repeated, plus a fixed random subset for the
+            remainder (``70000`` = the 60k training images + 10k of them again), so a run can
+            be sized in images rather than whole epochs. ``None`` keeps the split as it is.
         seed: seed of the subset.
     """
 
@@ -104,9 +106,13 @@ class FashionMNISTIdx(BaseDataset):
             raise ValueError(f'{img_file}: expected (N, H, W) images matching {len(labels)} '
                              f'labels, got {imgs.shape}')
         index = np.arange(len(labels))
-        if self.num_samples is not None and self.num_samples < len(labels):
-            index = np.sort(np.random.default_rng(self.seed).permutation(
-                len(labels))[:self.num_samples])
+        if self.num_samples is not None:
+            if self.num_samples < 1:
+                raise ValueError(f'num_samples must be a positive number of images, got '
+                                 f'{self.num_samples}')
+            repeats, rest = divmod(self.num_samples, len(labels))
+            subset = np.sort(np.random.default_rng(self.seed).permutation(len(labels))[:rest])
+            index = np.concatenate([np.tile(index, repeats), subset])
         return [dict(img=imgs[i], gt_label=int(labels[i])) for i in index]
 
 

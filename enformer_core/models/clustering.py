@@ -177,12 +177,19 @@ class EnsembleClustering(nn.Module):
 
     Works on channels-last ``(B, H, W, C)`` maps.  ``agents`` (stages 0-1) pools the points
     to an ``a_h x a_w`` grid before clustering and bilinearly upsamples the result.
+
+    ``clamp_agents``: the published model always pools to the agent grid, so a map smaller
+    than the grid (an 8x8 stage-1 map of a 64 px image against 14x14 agents) is pooled *up*
+    and clusters duplicated points at extra cost.  With ``clamp_agents=True`` the grid is
+    clamped to the map per axis, and a map no larger than the grid clusters its pixels
+    directly.  Maps larger than the grid (every published setting at its published input
+    size) are unaffected; the parameters are the same either way.
     """
 
     def __init__(self, dim: int, num_heads: int, head_dim: int,
                  base_clusterings: Sequence[dict], agents=None,
                  layer_scale_init_value: float = 1e-6, deploy: bool = False,
-                 gumbel: bool = True):
+                 gumbel: bool = True, clamp_agents: bool = False):
         super().__init__()
         if len(base_clusterings) == 0:
             raise ValueError('EnsembleClustering needs at least one base clustering')
@@ -191,6 +198,7 @@ class EnsembleClustering(nn.Module):
         inner = num_heads * head_dim
         self.inner_dim = inner
         self.agents = None if agents is None else to_2tuple(agents)
+        self.clamp_agents = clamp_agents
         self.proj_in = nn.Linear(dim, (1 + 2 * len(base_clusterings)) * inner)
         self.clusterings = nn.ModuleList(
             [build_clustering(c, head_dim, gumbel) for c in base_clusterings])
@@ -203,24 +211,36 @@ class EnsembleClustering(nn.Module):
         t = t.reshape(b, hh, ww, self.num_heads, self.head_dim).permute(0, 3, 4, 1, 2)
         return t.reshape(b * self.num_heads, self.head_dim, hh, ww)
 
-    def _points(self, t: torch.Tensor) -> torch.Tensor:
-        """(b, d, H, W) -> (b, N', d): the agents grid in stages 0-1, else every pixel."""
-        if self.agents is not None:
-            return pool_tokens(t, self.agents)
+    def agent_grid(self, height: int, width: int) -> Optional[Tuple[int, int]]:
+        """The agent grid used for an ``height x width`` map, ``None`` for "every pixel"."""
+        if self.agents is None:
+            return None
+        if not self.clamp_agents:
+            return self.agents
+        grid = (min(self.agents[0], height), min(self.agents[1], width))
+        return None if grid == (height, width) else grid
+
+    @staticmethod
+    def _points(t: torch.Tensor, grid: Optional[Tuple[int, int]]) -> torch.Tensor:
+        """(b, d, H, W) -> (b, N', d): pooled to the agent ``grid``, or every pixel."""
+        if grid is not None:
+            return pool_tokens(t, grid)
         return t.flatten(2).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, hh, ww, _ = x.shape
+        grid = self.agent_grid(hh, ww)
         chunks = self.proj_in(x).split(self.inner_dim, dim=-1)
         queries = self._heads(chunks[0])
         centres = []
         for k, clustering in enumerate(self.clusterings):
             keys = self._heads(chunks[1 + 2 * k])
             values = self._heads(chunks[2 + 2 * k])
-            centres.append(clustering(keys, values, self._points(keys), self._points(values)))
-        y = self.consensus(torch.cat(centres, dim=1), self._points(queries))  # (b, N', d)
-        if self.agents is not None:
-            y = y.transpose(1, 2).reshape(-1, self.head_dim, *self.agents)
+            centres.append(clustering(keys, values, self._points(keys, grid),
+                                      self._points(values, grid)))
+        y = self.consensus(torch.cat(centres, dim=1), self._points(queries, grid))  # (b, N', d)
+        if grid is not None:
+            y = y.transpose(1, 2).reshape(-1, self.head_dim, *grid)
             y = F.interpolate(y, size=(hh, ww), mode='bilinear', align_corners=False)
             y = y.reshape(b, self.num_heads, self.head_dim, hh, ww).permute(0, 3, 4, 1, 2)
         else:

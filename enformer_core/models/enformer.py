@@ -76,11 +76,11 @@ class EnFormerBlock(nn.Module):
                  agents=None, ffn_kernel_size: int = 3, ffn_ratio: int = 4,
                  drop_path: float = 0.0, ffn_drop_path: float = 0.0,
                  layer_scale_init_value: float = 1e-6, deploy: bool = False,
-                 gumbel: bool = True):
+                 gumbel: bool = True, clamp_agents: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.mixer = EnsembleClustering(dim, num_heads, head_dim, base_clusterings, agents,
-                                        layer_scale_init_value, deploy, gumbel)
+                                        layer_scale_init_value, deploy, gumbel, clamp_agents)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.ffn = ClusterFFN(dim, ffn_kernel_size, ffn_ratio, layer_scale_init_value, deploy)
         self.drop_path_mixer = DropPath(drop_path)
@@ -137,6 +137,11 @@ class EnFormer(ClusterBackbone):
         deploy: build the re-parameterised form (see :meth:`reparameterize`).
         gumbel: sample the partitional assignment with straight-through Gumbel noise
             during training, as published.
+        clamp_agents: clamp the agent grid of stages 0-1 to the map size, so that small
+            inputs (e.g. 64 px: an 8x8 stage-1 map against 14x14 agents) cluster their
+            pixels instead of pooling them *up*; no effect when the maps are larger than the
+            grids (every task at its published input size).  See
+            :class:`~enformer_core.models.clustering.EnsembleClustering`.
     """
 
     arch_settings: Dict[str, dict] = {
@@ -176,6 +181,7 @@ class EnFormer(ClusterBackbone):
                  gap_before_final_norm: bool = True,
                  deploy: bool = False,
                  gumbel: bool = True,
+                 clamp_agents: bool = False,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch = self._resolve_arch(arch)
@@ -207,7 +213,7 @@ class EnFormer(ClusterBackbone):
             blocks = [EnFormerBlock(dims[i], self.arch['num_heads'][i], self.arch['head_dim'],
                                     base[i], agents[i], self.arch['ffn_kernel_sizes'][i],
                                     ffn_ratio, dpr[k + j], ffn_dpr[k + j],
-                                    layer_scale_init_value, deploy, gumbel)
+                                    layer_scale_init_value, deploy, gumbel, clamp_agents)
                       for j in range(depths[i])]
             k += depths[i]
             down = Downsample(dims[i], dims[i + 1]) if i < self.num_stages - 1 else None

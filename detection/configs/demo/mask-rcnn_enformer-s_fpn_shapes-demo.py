@@ -13,7 +13,10 @@ img_scale = (128, 128)
 ch = 64  # FPN / head width (256 on COCO)
 
 model = dict(
-    backbone=dict(drop_path_rate=0.0, init_cfg=None),   # from scratch: no ImageNet weights
+    # from scratch (no ImageNet weights); clamp_agents: the 32x32 / 16x16 maps of a 128 px
+    # image cluster their pixels instead of being pooled up to 40x40 agents (same
+    # parameters; no effect at the COCO sizes, where every map is larger than 40x40)
+    backbone=dict(drop_path_rate=0.0, init_cfg=None, clamp_agents=True),
     neck=dict(out_channels=ch),
     # objects are 15-60 px in 128 px images: anchors of 16-256 px (32-512 on COCO)
     rpn_head=dict(in_channels=ch, feat_channels=ch,
