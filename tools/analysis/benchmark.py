@@ -76,18 +76,19 @@ def _fmt(v, spec='.1f'):
 
 
 def table(rows):
-    head = (f"{'model':<24}{'form':<12}{'batch':>6}{'size':>10}{'img/s':>10}"
+    w = max([24] + [len(str(r['model'])) + 2 for r in rows])  # long config names stay aligned
+    head = (f"{'model':<{w}}{'form':<12}{'batch':>6}{'size':>10}{'img/s':>10}"
             f"{'ms/img':>9}{'train s/step':>13}{'peak MiB':>10}")
     lines = [head, '-' * len(head)]
     for r in rows:
         ev, tr = r.get('eval') or {}, r.get('train') or {}
         size = 'x'.join(map(str, r['shape']))
-        lines.append(f"{r['model']:<24}{r['form']:<12}{ev.get('batch', '-'):>6}{size:>10}"
+        lines.append(f"{r['model']:<{w}}{r['form']:<12}{ev.get('batch', '-'):>6}{size:>10}"
                      f"{_fmt(ev.get('img_s')):>10}{_fmt(ev.get('ms_per_img'), '.2f'):>9}"
                      f"{_fmt(tr.get('median_s'), '.3f'):>13}"
                      f"{_fmt(tr.get('peak_mem_mb')):>10}")
         if r.get('skipped'):
-            lines[-1] = f"{r['model']:<24}{r['form']:<12}  skipped: {r['skipped']}"
+            lines[-1] = f"{r['model']:<{w}}{r['form']:<12}  skipped: {r['skipped']}"
     return '\n'.join(lines)
 
 
