@@ -30,6 +30,21 @@ def repo_root() -> Path:
     return ROOT
 
 
+@pytest.fixture(scope='session')
+def load_tool():
+    """Import a command-line script of the repository (``'tools/....py'``) as a module, so
+    tests call its ``main(argv)`` in-process."""
+    import importlib.util
+
+    def load(rel: str):
+        spec = importlib.util.spec_from_file_location(
+            'enformer_' + rel.replace('/', '_')[:-3], ROOT / rel)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for many-small-kernel tests: as fast, and immune to

@@ -1,18 +1,11 @@
 """tools/analysis/benchmark.py (and the tools/benchmark.py shim): 2-iteration CPU smoke."""
-import importlib.util
 import json
 
 
-def _cli(repo_root, rel):
-    spec = importlib.util.spec_from_file_location(rel.replace('/', '_')[:-3], repo_root / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
-
-def test_benchmark_smoke_writes_json_and_markdown(repo_root, tmp_path, capsys):
+def test_benchmark_smoke_writes_json_and_markdown(load_tool, tmp_path, capsys):
     out = tmp_path / 'bench.json'
-    _cli(repo_root, 'tools/benchmark.py').main(
+    load_tool('tools/benchmark.py').main(
         ['enformer_s', '--batch', '2', '--shape', '64', '--warmup', '1', '--iters', '2',
          '--forms', 'train-graph', 'deploy', '--train', '--train-batch', '2',
          '--train-iters', '1', '--train-warmup', '0', '--sweep', '64', '96',
@@ -35,8 +28,8 @@ def test_benchmark_smoke_writes_json_and_markdown(repo_root, tmp_path, capsys):
     assert sweep[1]['gflops'] > 2 * sweep[0]['gflops']   # cost grows with the pixels
 
 
-def test_model_zoo_markdown(repo_root):
-    bench = _cli(repo_root, 'tools/analysis/benchmark.py')
+def test_model_zoo_markdown(load_tool):
+    bench = load_tool('tools/analysis/benchmark.py')
     cx = dict(params=8_531_184, params_paper_mi=8_506_224 / 2 ** 20, gflops=1.13696)
     ev = dict(batch=32, warmup=3, iters=10, img_s=41.234)
     rows = [dict(model='enformer_s', form='train-graph', complexity=cx, eval=ev),

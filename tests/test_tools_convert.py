@@ -1,5 +1,4 @@
 """tools/model_converters: published EnFormer layout <-> ours."""
-import importlib.util
 import re
 from pathlib import Path
 
@@ -10,12 +9,6 @@ from enformer_core import create_model
 from enformer_core.analysis import convert_state
 from enformer_core.models.checkpoint import convert_checkpoint
 
-
-def _cli(repo_root, rel):
-    spec = importlib.util.spec_from_file_location(rel.replace('/', '_')[:-3], repo_root / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _spec_file(repo_root, name) -> Path:
@@ -60,7 +53,7 @@ def test_published_spec_layout_loads(repo_root, fused):
                        pub['stages.1.blocks.0.ffn.ffn_layers.1.linear.1.weight'])
 
 
-def test_cli_roundtrip_is_identity(repo_root, tmp_path):
+def test_cli_roundtrip_is_identity(load_tool, tmp_path):
     for name in ('enformer_s', 'enformer_l'):     # L has 5x5/7x7 kernels: several branches
         model = create_model(name)
         for p in model.parameters():
@@ -68,12 +61,12 @@ def test_cli_roundtrip_is_identity(repo_root, tmp_path):
         src = tmp_path / f'{name}.pth'
         torch.save({'state_dict': model.state_dict(), 'meta': {}}, src)
         pub, back = tmp_path / 'pub.pth', tmp_path / 'back.pth'
-        _cli(repo_root, 'tools/model_converters/mmpretrain_to_enformer.py').main(
+        load_tool('tools/model_converters/mmpretrain_to_enformer.py').main(
             [str(src), str(pub), '--strict'])
         published = torch.load(pub, weights_only=True)['state_dict']
         assert 'classifier_pre_norm.weight' in published and 'head.weight' in published
         assert not any(k.startswith('backbone.') for k in published)
-        rep = _cli(repo_root, 'tools/model_converters/enformer_to_mmpretrain.py').main(
+        rep = load_tool('tools/model_converters/enformer_to_mmpretrain.py').main(
             [str(pub), str(back), '--strict'])
         assert rep['unmatched'] == []
         ckpt = torch.load(back, weights_only=True)

@@ -1,5 +1,4 @@
 """tools/analysis/get_flops.py: parameters (true + paper convention) and FLOPs vs the spec."""
-import importlib.util
 import json
 
 import pytest
@@ -7,16 +6,10 @@ import pytest
 from enformer_core.analysis import complexity, load_model
 
 
-def _cli(repo_root, rel):
-    spec = importlib.util.spec_from_file_location(rel.replace('/', '_')[:-3], repo_root / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
-
-def test_get_flops_enformer_s_matches_spec(repo_root, tmp_path, capsys):
+def test_get_flops_enformer_s_matches_spec(load_tool, tmp_path, capsys):
     out = tmp_path / 'flops.json'
-    _cli(repo_root, 'tools/analysis/get_flops.py').main(['enformer_s', '--json', str(out)])
+    load_tool('tools/analysis/get_flops.py').main(['enformer_s', '--json', str(out)])
     text = capsys.readouterr().out
     assert '2^20' in text and 'stages.2' in text
     (info,) = json.loads(out.read_text())

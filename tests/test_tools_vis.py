@@ -1,5 +1,4 @@
 """tools/visualization/vis_clusters.py: assignment maps of every base clustering + consensus."""
-import importlib.util
 
 import numpy as np
 import pytest
@@ -7,12 +6,6 @@ import torch
 
 from enformer_core.analysis import collect_assignments, load_model, prepare_image
 
-
-def _cli(repo_root, rel):
-    spec = importlib.util.spec_from_file_location(rel.replace('/', '_')[:-3], repo_root / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _image(path, h=80, w=112):
@@ -23,11 +16,11 @@ def _image(path, h=80, w=112):
     return rgb
 
 
-def test_vis_clusters_writes_png(repo_root, tmp_path):
+def test_vis_clusters_writes_png(load_tool, tmp_path):
     img = tmp_path / 'img.png'
     _image(img)
     out = tmp_path / 'clusters.png'
-    records = _cli(repo_root, 'tools/visualization/vis_clusters.py').main(
+    records = load_tool('tools/visualization/vis_clusters.py').main(
         ['enformer_s', 'none', str(img), '--size', '96', '128', '--stages', '0', '2',
          '--out', str(out)])
     assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

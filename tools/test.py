@@ -12,29 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from train import (LaunchError, build_runner, check_checkpoint_fits, check_data_paths,  # noqa: E402
-                   describe_model, load_config, run_main, set_work_dir, adapt_to_machine)
+                   describe_model, load_config, parse_common_args, run_main, set_work_dir,
+                   adapt_to_machine)
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
     p = argparse.ArgumentParser(description='Evaluate a checkpoint with MMEngine')
     p.add_argument('config', help='config file')
     p.add_argument('checkpoint', help='checkpoint file (.pth)')
     p.add_argument('--work-dir', help='where the evaluation log goes')
     p.add_argument('--out', help='also dump the raw predictions to this .pkl file')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config entries, e.g. test_dataloader.batch_size=64')
-    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    p.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = p.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_common_args(p, argv, 'test_dataloader.batch_size=64')
 
 
 def main(argv=None):

@@ -186,7 +186,6 @@ def run_main(main) -> None:
 
 # ------------------------------------------------------------------------------------ train
 def parse_args(argv=None):
-    from mmengine.config import DictAction
     p = argparse.ArgumentParser(description='Train an EnFormer config with MMEngine')
     p.add_argument('config', help='config file')
     p.add_argument('--work-dir', help='where logs and checkpoints go '
@@ -197,8 +196,15 @@ def parse_args(argv=None):
     p.add_argument('--amp', action='store_true', help='mixed precision (AmpOptimWrapper)')
     p.add_argument('--auto-scale-lr', action='store_true',
                    help='scale the lr by (total batch) / auto_scale_lr.base_batch_size')
+    return parse_common_args(p, argv, 'train_cfg.max_epochs=1')
+
+
+def parse_common_args(p: argparse.ArgumentParser, argv, cfg_example: str):
+    """Add the options train.py and test.py share (--cfg-options, --launcher, --local-rank),
+    parse, and export LOCAL_RANK for launchers that pass it as an argument."""
+    from mmengine.config import DictAction
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config entries, e.g. train_cfg.max_epochs=1')
+                   help=f'override config entries, e.g. {cfg_example}')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = p.parse_args(argv)
