@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from enformer_core.models.clustering import (ConsensusAggregation, EnsembleClustering,
-                                             build_clustering)
+                                             build_clustering, pool_tokens)
 from enformer_core.ops import clustering as ops
 
 
@@ -21,9 +21,9 @@ def test_base_clustering_gradcheck(rule):
         module.sim_beta.copy_(torch.randn(4, dtype=torch.float64) * 0.1)
         if rule == 'probabilistic':
             module.log_vars.copy_(torch.randn(4, 3, dtype=torch.float64) * 0.2)
-    keys, values = _rand(2, 3, 4, 4), _rand(2, 3, 4, 4)
-    kp, vp = keys.flatten(2).transpose(1, 2), values.flatten(2).transpose(1, 2)
-    inputs = tuple(t.clone().requires_grad_() for t in (keys, values, kp, vp))
+    # initial key/value centres (b, M, d) and the clustered key/value points (b, N, d)
+    inputs = tuple(t.requires_grad_() for t in (_rand(2, 4, 3), _rand(2, 4, 3), _rand(2, 16, 3),
+                                                _rand(2, 16, 3)))
     params = [p for p in module.parameters()]
 
     def fn(k, v, p, q, *ps):
@@ -35,11 +35,9 @@ def test_base_clustering_gradcheck(rule):
 def test_centre_bias_option_gradcheck():
     module = build_clustering(dict(type='FuzzyClustering', grid=2, centre_bias=True),
                               head_dim=3).double().eval()
-    keys, values = _rand(1, 3, 4, 4).requires_grad_(), _rand(1, 3, 4, 4).requires_grad_()
-    kp = keys.detach().flatten(2).transpose(1, 2).clone().requires_grad_()
-    vp = values.detach().flatten(2).transpose(1, 2).clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda *a: module(*a), (keys, values, kp, vp), eps=1e-6,
-                                    atol=1e-5)
+    inputs = tuple(t.requires_grad_() for t in (_rand(1, 4, 3), _rand(1, 4, 3), _rand(1, 16, 3),
+                                                _rand(1, 16, 3)))
+    assert torch.autograd.gradcheck(lambda *a: module(*a), inputs, eps=1e-6, atol=1e-5)
 
 
 def test_consensus_gradcheck_and_reference():
@@ -71,6 +69,113 @@ def test_assignment_rules_against_definitions():
     assert any(not torch.equal(m, hard) for m in masks)
     with pytest.raises(ValueError, match='unknown assignment rule'):
         ops.assign(sim, 'spectral')
+
+
+def test_gumbel_noise_follows_the_gumbel_max_law():
+    """argmax(S + G) must be distributed as softmax(S) (what F.gumbel_softmax samples)."""
+    torch.manual_seed(0)
+    logits = torch.tensor([1.5, 0.0, -1.0, 0.5])
+    sim = logits.view(1, 4, 1).expand(1, 4, 200_000).contiguous()
+    g = ops.gumbel_noise(sim)
+    assert torch.isfinite(g).all()
+    freq = torch.bincount((sim + g).argmax(1).flatten(), minlength=4).double() / sim.shape[-1]
+    assert torch.allclose(freq, logits.double().softmax(0), atol=5e-3)
+    # mean and variance of a standard Gumbel: Euler-Mascheroni, pi^2 / 6
+    assert abs(g.mean().item() - 0.5772) < 0.01 and abs(g.var().item() - 1.6449) < 0.02
+
+
+def test_straight_through_hard_mask_forward_and_gradient():
+    sim = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 5, 7, dtype=torch.float64)
+    torch.manual_seed(1)
+    mask = ops.hard_mask(sim, training=True)
+    (mask * w).sum().backward()
+    torch.manual_seed(1)  # same draws: the gradient is the one of softmax(S + G)
+    soft = (sim + ops.gumbel_noise(sim)).softmax(1)
+    grad = torch.autograd.grad((soft * w).sum(), sim)[0]
+    assert torch.equal(mask.detach(), F.one_hot(soft.argmax(1), 5).transpose(1, 2).double())
+    assert torch.allclose(sim.grad, grad, atol=1e-12)
+    # ties pick the first maximum (as argmax does)
+    tie = torch.zeros(1, 3, 2)
+    assert torch.equal(ops.argmax_centres(tie), torch.zeros(1, 1, 2, dtype=torch.long))
+
+
+def test_unit_vectors_match_f_normalize():
+    x = _rand(2, 6, 5)
+    x[0, 0] = 0.0  # a zero vector stays zero, as with F.normalize
+    assert torch.allclose(ops.unit_vectors(x), F.normalize(x, dim=-1), atol=1e-15)
+    y = _rand(2, 6, 5).transpose(1, 2).requires_grad_()  # strided input
+    assert torch.autograd.gradcheck(ops.unit_vectors, (y,), eps=1e-6, atol=1e-6)
+    gx = torch.autograd.grad(ops.unit_vectors(y).pow(3).sum(), y)[0]
+    gy = torch.autograd.grad(F.normalize(y, dim=-1).pow(3).sum(), y)[0]
+    assert torch.allclose(gx, gy, atol=1e-12)
+
+
+@pytest.mark.parametrize('size,grid', [((16, 16), (14, 14)), ((13, 9), (5, 7)), ((4, 4), (4, 4)),
+                                       ((4, 4), (3, 3)), ((2, 3), (5, 5))])
+def test_pool_tokens_is_adaptive_average_pooling(size, grid):
+    x = torch.randn(2, *size, 6)  # channels-last
+    ref = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2).contiguous(), grid).flatten(2)
+    assert torch.allclose(pool_tokens(x, grid), ref.transpose(1, 2), atol=1e-6)
+
+
+def _reference_ensemble(mixer: EnsembleClustering, x: torch.Tensor) -> torch.Tensor:
+    """The mixer written plainly from ARCHITECTURE.md 5 (per-chunk head folding, NCHW pooling,
+    F.normalize, F.interpolate), evaluation mode: the fast path must compute the same."""
+    b, hh, ww, _ = x.shape
+    h, d = mixer.num_heads, mixer.head_dim
+    grid = mixer.agent_grid(hh, ww)
+
+    def fold(t):  # (B, H, W, h*d) -> (B*h, d, H, W)
+        return t.reshape(b, hh, ww, h, d).permute(0, 3, 4, 1, 2).reshape(b * h, d, hh, ww)
+
+    def tokens(t, size):
+        return F.adaptive_avg_pool2d(t, size).flatten(2).transpose(1, 2)
+
+    def cos(c, p):
+        return F.normalize(c, dim=-1) @ F.normalize(p, dim=-1).transpose(1, 2)
+
+    chunks = [fold(c) for c in mixer.proj_in(x).split(mixer.inner_dim, dim=-1)]
+    pts = [tokens(c, grid) if grid else c.flatten(2).transpose(1, 2) for c in chunks]
+    zs = []
+    for k, cl in enumerate(mixer.clusterings):
+        s = cl.sim_alpha.view(1, -1, 1) * cos(tokens(chunks[1 + 2 * k], cl.grid), pts[1 + 2 * k]) \
+            + cl.sim_beta.view(1, -1, 1)
+        if cl.rule == 'fuzzy':
+            a = s.softmax(1)
+            den = a.sum(-1) + 1e-7
+        else:  # partitional, evaluation: one-hot argmax
+            hard = F.one_hot(s.argmax(1), s.shape[1]).transpose(1, 2).to(s.dtype)
+            a, den = torch.sigmoid(s) * hard, hard.sum(-1) + 1
+        zs.append((tokens(chunks[2 + 2 * k], cl.grid) + a @ pts[2 + 2 * k]) / den[..., None])
+    z = torch.cat(zs, 1)
+    c = mixer.consensus
+    g = (c.sim_alpha.view(1, -1, 1) * cos(z, pts[0]) + c.sim_beta.view(1, -1, 1)).softmax(1)
+    y = (g.transpose(1, 2) @ z).transpose(1, 2)  # (B*h, d, N')
+    gh, gw = grid or (hh, ww)
+    y = y.reshape(b * h, d, gh, gw)
+    if grid:
+        y = F.interpolate(y, size=(hh, ww), mode='bilinear', align_corners=False)
+    y = y.reshape(b, h * d, hh, ww).permute(0, 2, 3, 1)
+    return mixer.proj_out(y)
+
+
+@pytest.mark.parametrize('size,agents,clamp', [((12, 12), None, False), ((11, 9), 5, False),
+                                               ((6, 6), 8, False), ((6, 6), 8, True),
+                                               ((10, 7), (8, 5), True)])
+def test_mixer_equals_plain_reference(size, agents, clamp):
+    torch.manual_seed(0)
+    mixer = EnsembleClustering(dim=24, num_heads=3, head_dim=8,
+                               base_clusterings=[dict(type='FuzzyClustering', grid=4),
+                                                 dict(type='PartitionalClustering', grid=(3, 2))],
+                               agents=agents, layer_scale_init_value=0.5,
+                               clamp_agents=clamp).double().eval()
+    with torch.no_grad():
+        for name, p in mixer.named_parameters():
+            if 'sim_' in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, *size, 24, dtype=torch.float64)
+    assert torch.allclose(mixer(x), _reference_ensemble(mixer, x), atol=1e-12)
 
 
 def test_gaussian_log_likelihood_matches_direct_formula():

@@ -3,7 +3,8 @@
 # Fashion-MNIST (64x64, CPU), evaluate it on the 10 000 test images, save the checkpoint and
 # draw the cluster assignments of a few test images.
 #   tools/run_demo.sh [WORK_DIR] [extra tools/train.py options, e.g. --cfg-options ...]
-# Environment: PYTHON (default: the repository's .venv/bin/python), OMP_NUM_THREADS.
+# Environment: PYTHON (default: the repository's .venv/bin/python), OMP_NUM_THREADS (training, per
+# process; default 1), DEMO_EVAL_THREADS (evaluation and picture; default: the cores, at most 8).
 set -euo pipefail
 
 TOOLS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -52,14 +53,17 @@ PYTHON="$PYTHON" measure train bash tools/dist_train.sh "$CONFIG" 2 --work-dir "
 CKPT=$(cat "$WORK_DIR/last_checkpoint")
 
 echo "== [2/3] evaluating $CKPT on the 10 000 test images"
-measure test "$PYTHON" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK_DIR" | tee "$WORK_DIR/test_output.txt"
+# evaluation and the picture run one process: let it use the cores (433 vs 248 img/s on 2)
+EVAL_THREADS=${DEMO_EVAL_THREADS:-$(nproc 2>/dev/null || echo 1)}
+if [ "$EVAL_THREADS" -gt 8 ]; then EVAL_THREADS=8; fi
+OMP_NUM_THREADS=$EVAL_THREADS measure test "$PYTHON" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK_DIR" | tee "$WORK_DIR/test_output.txt"
 METRICS=$(grep '^metrics: ' "$WORK_DIR/test_output.txt" | tail -n 1)
 
 PICTURE=""
 if [ -f tools/visualization/vis_clusters.py ]; then
     echo "== [3/3] drawing the cluster assignments of 4 test images"
     PICTURE="$WORK_DIR/clusters.png"
-    measure vis "$PYTHON" tools/visualization/vis_clusters.py "$CONFIG" "$CKPT" \
+    OMP_NUM_THREADS=$EVAL_THREADS measure vis "$PYTHON" tools/visualization/vis_clusters.py "$CONFIG" "$CKPT" \
         fashion-mnist:0 fashion-mnist:1 fashion-mnist:2 fashion-mnist:3 --out "$PICTURE" \
         || { echo "(cluster picture failed; the demo result above stands)"; PICTURE=""; }
 else

@@ -39,8 +39,16 @@ def register_clustering(cls):
 
 
 def pool_tokens(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Adaptive average pool of a ``(b, d, H, W)`` map to ``size``, as ``(b, h*w, d)`` tokens."""
-    return F.adaptive_avg_pool2d(x, size).flatten(2).transpose(1, 2)
+    """Adaptive average pool of a channels-last ``(B, H, W, C)`` map to ``size`` -> ``(B, h*w, C)``.
+
+    Pools through PyTorch's channels-last kernel (vectorised over C, many times faster on CPU
+    than pooling head-folded ``(B*heads, d, H, W)`` planes) and skips the identity pool.
+    """
+    b, hh, ww, c = x.shape
+    if (hh, ww) == tuple(size):
+        return x.reshape(b, hh * ww, c)
+    y = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), size)  # a channels-last view in and out
+    return y.permute(0, 2, 3, 1).reshape(b, size[0] * size[1], c)
 
 
 class BaseClustering(nn.Module):
@@ -96,16 +104,15 @@ class BaseClustering(nn.Module):
             return alpha * ll + beta + self.log_priors.view(1, -1, 1)
         return alpha * ops.cosine_similarity(centres, points) + beta
 
-    def forward(self, keys: torch.Tensor, values: torch.Tensor, key_points: torch.Tensor,
-                value_points: torch.Tensor) -> torch.Tensor:
+    def forward(self, centres: torch.Tensor, init_values: torch.Tensor,
+                key_points: torch.Tensor, value_points: torch.Tensor) -> torch.Tensor:
         """Cluster ``key_points`` and return the updated centres ``(b, M, d)``.
 
-        ``keys``/``values`` are full-resolution ``(b, d, H, W)`` maps (the initial centres
-        are pooled from them); ``key_points``/``value_points`` are the ``(b, N, d)`` points
-        that are clustered (agents or all pixels).
+        ``centres``/``init_values`` are the ``(b, M, d)`` initial key/value centres (the
+        adaptive average pool of the full-resolution key/value maps onto ``self.grid``, see
+        :class:`EnsembleClustering`); ``key_points``/``value_points`` are the ``(b, N, d)``
+        points that are clustered (agents or all pixels).
         """
-        centres = pool_tokens(keys, self.grid)
-        init_values = pool_tokens(values, self.grid)
         if self.centre_bias:
             centres = F.silu(self.key_centre_proj(centres + self.key_centre_bias))
             init_values = F.silu(self.value_centre_proj(init_values + self.value_centre_bias))
@@ -205,11 +212,15 @@ class EnsembleClustering(nn.Module):
         self.consensus = ConsensusAggregation(sum(c.num_centres for c in self.clusterings))
         self.proj_out = LayerScaleLinear(inner, dim, layer_scale_init_value, deploy)
 
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, h*d) -> (B*h, d, H, W)."""
-        b, hh, ww, _ = t.shape
-        t = t.reshape(b, hh, ww, self.num_heads, self.head_dim).permute(0, 3, 4, 1, 2)
-        return t.reshape(b * self.num_heads, self.head_dim, hh, ww)
+    def _fold_heads(self, tokens: torch.Tensor, first: int, count: int) -> List[torch.Tensor]:
+        """Chunks ``first .. first+count-1`` of ``(B, N, (1+2K)*D)`` tokens as ``(B*heads, N, d)``.
+
+        One copy for all of them (chunk-major; inside a chunk channel = head*d + j).
+        """
+        b, n, _ = tokens.shape
+        t = tokens.view(b, n, -1, self.num_heads, self.head_dim)[:, :, first:first + count]
+        t = t.permute(2, 0, 3, 1, 4).reshape(count, b * self.num_heads, n, self.head_dim)
+        return list(t.unbind(0))
 
     def agent_grid(self, height: int, width: int) -> Optional[Tuple[int, int]]:
         """The agent grid used for an ``height x width`` map, ``None`` for "every pixel"."""
@@ -220,29 +231,25 @@ class EnsembleClustering(nn.Module):
         grid = (min(self.agents[0], height), min(self.agents[1], width))
         return None if grid == (height, width) else grid
 
-    @staticmethod
-    def _points(t: torch.Tensor, grid: Optional[Tuple[int, int]]) -> torch.Tensor:
-        """(b, d, H, W) -> (b, N', d): pooled to the agent ``grid``, or every pixel."""
-        if grid is not None:
-            return pool_tokens(t, grid)
-        return t.flatten(2).transpose(1, 2)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, hh, ww, _ = x.shape
         grid = self.agent_grid(hh, ww)
-        chunks = self.proj_in(x).split(self.inner_dim, dim=-1)
-        queries = self._heads(chunks[0])
+        proj = self.proj_in(x)  # (B, H, W, [P | K_1 | V_1 | K_2 | V_2 ...])
+        # every chunk's points at once: the agents (a pooled grid) or every pixel
+        points = self._fold_heads(pool_tokens(proj, grid or (hh, ww)), 0,
+                                  1 + 2 * len(self.clusterings))
         centres = []
         for k, clustering in enumerate(self.clusterings):
-            keys = self._heads(chunks[1 + 2 * k])
-            values = self._heads(chunks[2 + 2 * k])
-            centres.append(clustering(keys, values, self._points(keys, grid),
-                                      self._points(values, grid)))
-        y = self.consensus(torch.cat(centres, dim=1), self._points(queries, grid))  # (b, N', d)
-        if grid is not None:
-            y = y.transpose(1, 2).reshape(-1, self.head_dim, *grid)
-            y = F.interpolate(y, size=(hh, ww), mode='bilinear', align_corners=False)
-            y = y.reshape(b, self.num_heads, self.head_dim, hh, ww).permute(0, 3, 4, 1, 2)
-        else:
-            y = y.reshape(b, self.num_heads, hh, ww, self.head_dim).permute(0, 2, 3, 1, 4)
-        return self.proj_out(y.reshape(b, hh, ww, self.inner_dim))
+            # initial key/value centres pooled from the full-resolution maps
+            init_keys, init_values = self._fold_heads(pool_tokens(proj, clustering.grid),
+                                                      1 + 2 * k, 2)
+            centres.append(clustering(init_keys, init_values, points[1 + 2 * k],
+                                      points[2 + 2 * k]))
+        y = self.consensus(torch.cat(centres, dim=1), points[0])  # (B*heads, N', d)
+        gh, gw = grid or (hh, ww)
+        y = y.view(b, self.num_heads, gh, gw, self.head_dim).permute(0, 2, 3, 1, 4)
+        y = y.reshape(b, gh, gw, self.inner_dim)
+        if grid is not None:  # dispatch: bilinear upsampling of the agents (channels-last)
+            y = F.interpolate(y.permute(0, 3, 1, 2), size=(hh, ww), mode='bilinear',
+                              align_corners=False).permute(0, 2, 3, 1)
+        return self.proj_out(y)

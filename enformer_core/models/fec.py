@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.clustering import cosine_similarity, segment_aggregate
+from ..ops.clustering import argmax_centres, cosine_similarity, segment_aggregate
 from .context_cluster import (ContextClusterMixer, masked_adaptive_avg_pool, pad_to_multiple,
                               partition, unfold_regions)
 from .layers import as_list, to_2tuple
@@ -89,7 +89,7 @@ class ClusterPooling(nn.Module):
         sim = cosine_similarity(centres.flatten(2).transpose(1, 2), f.flatten(2).transpose(1, 2))
         if ok is not None:  # cells of padding only (regions past the border) are no centre
             sim = sim.masked_fill(~ok.flatten(1).unsqueeze(-1), -2.0)
-        index = sim.argmax(dim=1)
+        index = argmax_centres(sim).squeeze(1)
         if self.record:
             self.last_assignment = index.detach()
         weight = None if mask is None else mask.flatten(1)

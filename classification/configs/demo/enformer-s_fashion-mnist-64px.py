@@ -1,10 +1,10 @@
 # The embedded CPU demo (`make demo`): the full EnFormer-S, trained from scratch on
 # Fashion-MNIST (Debian package dataset-fashion-mnist) at 64x64, grey replicated to RGB.
-# Sized for a 2-core CPU: 72k training images (the 60k once + 12k again) by 2 CPU processes
+# Sized for a 2-core CPU: 96k training images (the 60k once + 36k again) by 2 CPU processes
 # (gloo, `tools/dist_train.sh CONFIG 2`: small kernels scale better over processes than
 # threads), then evaluation on all 10k test images (tools/run_demo.sh).
 # Figures: classification/README.md. Differences from the ImageNet recipe, all for a run of
-# about one epoch: layer-scale init 0.1 (1e-6 is for 310 epochs; the branches would barely
+# about 1.5 epochs: layer-scale init 0.1 (1e-6 is for 310 epochs; the branches would barely
 # open), no label smoothing, mixup or random erasing (nothing to regularise in one epoch), and
 # clamp_agents (an 8x8 stage-1 map clusters its 64 pixels instead of pooling them up to
 # 14x14 agents; same parameters, ~15 % faster at 64 px, identical at 224 px).
@@ -13,7 +13,7 @@ default_scope = 'mmpretrain'
 
 data_root = '/usr/share/datasets/fashion-mnist'
 img_size = 64
-num_train = 72000  # training images seen: the 60k once, then a fixed random 12k again
+num_train = 96000  # training images seen: the 60k once, then a fixed random 36k again
 batch_size = 32  # per process
 num_procs = 2  # processes of tools/run_demo.sh; the schedule below is per process
 iters = num_train // (batch_size * num_procs)
@@ -77,7 +77,9 @@ val_cfg = None
 
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=lr, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999)),
+    # fused=True: PyTorch's one-kernel AdamW (same update; ~4x cheaper step on CPU)
+    optimizer=dict(type='AdamW', lr=lr, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999),
+                   fused=True),
     paramwise_cfg=dict(
         norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0,
         custom_keys={k: dict(decay_mult=0.0)
