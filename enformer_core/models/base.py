@@ -95,7 +95,11 @@ class ClusterBackbone(BaseModule):
         for i, stage in enumerate(self.stages):
             x = stage.forward_blocks(x)
             if i in self.out_indices:
-                outs.append(self._stage_output(i, x))
+                # standard (NCHW-contiguous) outputs: the channels-first LayerNorms leave
+                # channels-last strides, which convolutions keep, and mmcv's RoIAlign reads
+                # its input as contiguous NCHW memory without checking: on channels-last
+                # FPN maps it pools garbage and Mask R-CNN's RoI heads cannot learn.
+                outs.append(self._stage_output(i, x).contiguous())
             if stage.downsample is not None:
                 x = stage.downsample(x)
         return tuple(outs)
