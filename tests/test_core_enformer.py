@@ -116,6 +116,33 @@ def test_reparam_dwconv_fuses_exactly(kernel):
     assert (out - ref).abs().max() / ref.abs().max() < 1e-12
 
 
+@pytest.mark.parametrize('kernel, dilation, size', [(3, 1, (2, 2)), (3, 2, (3, 4)),
+                                                   (5, 1, (2, 3)), (7, 1, (4, 4))])
+def test_small_map_depthwise_conv_gradcheck_and_equals_conv(kernel, dilation, size):
+    """Maps smaller than the (dilated) kernel take the fast weight-gradient path: float64
+    gradcheck, and the same values and gradients as nn.Conv2d (fp32, channels-last input)."""
+    from enformer_core.models.layers import _SmallMapDepthwiseConv, depthwise_conv2d
+    pad = dilation * (kernel - 1) // 2
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: _SmallMapDepthwiseConv.apply(x, w, b, pad, dilation), (x, w, b))
+    conv = torch.nn.Conv2d(8, 8, kernel, padding=pad, dilation=dilation, groups=8, bias=False)
+    x = torch.randn(4, *size, 8).permute(0, 3, 1, 2).requires_grad_()  # channels-last strides
+    ref = conv(x)
+    g_ref = torch.autograd.grad(ref.square().sum(), [x, conv.weight])
+    out = depthwise_conv2d(x, conv)
+    g_out = torch.autograd.grad(out.square().sum(), [x, conv.weight])
+    assert out.grad_fn is not None and 'SmallMapDepthwiseConv' in type(out.grad_fn).__name__
+    assert torch.allclose(out, ref, atol=1e-6)
+    for a, b_ in zip(g_out, g_ref):
+        assert torch.allclose(a, b_, rtol=1e-4, atol=1e-5)
+    # a map at least as large as the kernel keeps PyTorch's convolution
+    big = torch.randn(1, 8, 16, 16)
+    assert 'SmallMapDepthwiseConv' not in type(depthwise_conv2d(big, conv).grad_fn).__name__
+
+
 @pytest.mark.parametrize('arch', ['s', 'l'])
 def test_reparameterized_model_equals_unfused(arch):
     model = create_model(f'enformer_{arch}').eval()
