@@ -63,11 +63,14 @@ def tiny(tmp_path_factory):
     body = f"""
 _base_ = ['{DEMO}']
 pipe = [dict(type='Resize', scale=(32, 32)), dict(type='GreyToRGB'), dict(type='PackInputs')]
-train_dataloader = dict(batch_size=8, dataset=dict(data_root='{data}', num_samples=16,
-                                                   pipeline=pipe))
+# one epoch of 16 images instead of the demo's time-budgeted iteration loop
+train_dataloader = dict(batch_size=8, sampler=dict(type='DefaultSampler', shuffle=True),
+                        dataset=dict(data_root='{data}', num_samples=16, pipeline=pipe))
+train_cfg = dict(_delete_=True, by_epoch=True, max_epochs=1)
 test_dataloader = dict(batch_size=16, dataset=dict(data_root='{data}', pipeline=pipe))
 param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0, end=2)]
-default_hooks = dict(logger=dict(interval=1))
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(by_epoch=True, interval=1, save_last=False))
 custom_hooks = [dict(type='ProgressBarHook', interval=1)]
 randomness = dict(seed=0)
 """

@@ -72,6 +72,9 @@ optim_wrapper = dict(optimizer=dict(lr=1e-3), clip_grad=dict(max_norm=10.0))
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 
 default_hooks = dict(logger=dict(interval=10),
-                     checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
+                     checkpoint=dict(interval=max_epochs, max_keep_ckpts=1),
+                     # ground truth | prediction pictures of every 10th val/test image in
+                     # WORK_DIR/<timestamp>/vis_data/vis_image/
+                     visualization=dict(type='DetVisualizationHook', draw=True, interval=10))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)
