@@ -1,18 +1,34 @@
-"""EnFormer (deep ensemble clustering) and clustering baseline backbones.
+"""EnFormer (deep ensemble clustering) and the clustering backbones it is compared with.
 
-``import enformer_core`` registers every backbone into the MMEngine registries of the
-installed OpenMMLab toolboxes (mmpretrain, mmdet, mmseg) and allow-lists the types mmengine
-checkpoints need for weights-only loading.
+``import enformer_core`` needs only torch and numpy: it gives the models
+(:func:`create_model`, :func:`list_models`), published weights (:mod:`enformer_core.hub`) and
+checkpoint loading / conversion (:mod:`enformer_core.checkpoint`).  With MMEngine and the
+OpenMMLab toolboxes installed it also registers the backbones, datasets, transforms and hooks
+in MMEngine's root registries, so mmpretrain, mmdet and mmseg configs find them through
+``custom_imports = dict(imports=['enformer_core'])``.
 """
-from .models import (BaseClustering, CheckpointError, ClusterClassifier, ConsensusAggregation,
-                     EnFormer, EnsembleClustering, FuzzyClustering, PartitionalClustering,
-                     PossibilisticClustering, ProbabilisticClustering, convert_checkpoint,
-                     create_model, list_models, load_pretrained, register_model)
-from .registry import REGISTERED, register_all
-from .utils.safe_load import allow_mmengine_globals
-from .utils.inspect import count_params, record_assignments
+from . import datasets
+from .checkpoint import (CheckpointError, KeyMap, LoadReport, PublishedLayout,
+                         allow_checkpoint_globals, load_checkpoint, read_state_dict)
+from .hub import PRETRAINED_CFGS, WeightsUnavailableError, get_pretrained_cfg
+from .models import (BaseClustering, ClusterBackbone, ClusterClassifier, ClusterFormer,
+                     ConsensusAggregation, ContextCluster, EnFormer, EnsembleClustering, FEC,
+                     FuzzyClustering, PartitionalClustering, PossibilisticClustering,
+                     ProbabilisticClustering, create_model, list_models, register_model)
+from .registry import HAS_MMENGINE, registered
+
+if HAS_MMENGINE:
+    from . import engine  # noqa: F401  (registers the hooks)
 
 __version__ = '0.1.0'
 
-allow_mmengine_globals()
-register_all()
+# mmengine's own --resume reads checkpoints with torch.load's weights-only default
+allow_checkpoint_globals()
+
+__all__ = ['datasets', 'CheckpointError', 'KeyMap', 'LoadReport', 'PublishedLayout',
+           'load_checkpoint', 'read_state_dict', 'PRETRAINED_CFGS', 'WeightsUnavailableError',
+           'get_pretrained_cfg', 'BaseClustering', 'ClusterBackbone', 'ClusterClassifier',
+           'ClusterFormer', 'ConsensusAggregation', 'ContextCluster', 'EnFormer',
+           'EnsembleClustering', 'FEC', 'FuzzyClustering', 'PartitionalClustering',
+           'PossibilisticClustering', 'ProbabilisticClustering', 'create_model', 'list_models',
+           'register_model', 'HAS_MMENGINE', 'registered']

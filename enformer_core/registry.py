@@ -1,51 +1,59 @@
-"""Register the package's modules into the MMEngine registries of every installed toolbox.
+"""The registries the package's classes are registered in.
 
-Importing :mod:`enformer_core` calls :func:`register_all`, so an mmpretrain, mmdet or mmseg
-config needs only ``custom_imports=dict(imports=['enformer_core'], allow_failed_imports=False)``
-and ``backbone=dict(type='EnFormer', ...)``.  The classes are defined once and registered
-under the same name in each toolbox's ``MODELS`` (and in MMEngine's root registry, which
-every toolbox falls back to).
+Classes register with the usual decorator into MMEngine's *root* registries
+(``mmengine.registry.MODELS``, ``DATASETS``, ``TRANSFORMS``, ``HOOKS``).  Every OpenMMLab
+toolbox's registry has the root as its parent and looks a name up there when it does not hold
+it itself, so one registration serves mmpretrain, mmdet and mmseg configs alike::
+
+    custom_imports = dict(imports=['enformer_core'], allow_failed_imports=False)
+    model = dict(backbone=dict(type='EnFormer', ...))          # any of the three toolboxes
+    custom_hooks = [dict(type='TimeBudgetHook', minutes=10)]   # idem
+
+Without MMEngine (the backbone-only install, ``pip install .``) the decorators leave the class
+as it is, so the models still import and build in plain PyTorch.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Dict, List
 
-#: toolbox scope -> module holding its ``MODELS`` registry
-TOOLBOXES = {'mmengine': 'mmengine.registry', 'mmpretrain': 'mmpretrain.registry',
-             'mmdet': 'mmdet.registry', 'mmseg': 'mmseg.registry'}
+try:
+    from mmengine.registry import DATASETS, HOOKS, MODELS, TRANSFORMS
+    HAS_MMENGINE = True
+except ImportError:  # backbone-only install
+    HAS_MMENGINE = False
 
-#: what each scope got (filled by register_all; read by tools/check_env.py and tests)
-REGISTERED: Dict[str, List[str]] = {}
+    class _NoRegistry:
+        """Stand-in for an MMEngine registry: ``register_module`` returns the class as is."""
+
+        def __init__(self, name: str):
+            self.name = name
+            self.module_dict: Dict[str, type] = {}
+
+        def register_module(self, name=None, force=False, module=None):
+            def register(cls):
+                self.module_dict[name or cls.__name__] = cls
+                return cls
+            return register(module) if module is not None else register
+
+        def get(self, key: str):
+            return self.module_dict.get(key)
+
+        def build(self, cfg, *args, **kwargs):
+            raise ImportError(f'building {cfg.get("type")!r} from a config needs MMEngine: '
+                              f"pip install 'enformer_core[mm]'")
+
+    MODELS = _NoRegistry('model')
+    DATASETS = _NoRegistry('dataset')
+    TRANSFORMS = _NoRegistry('transform')
+    HOOKS = _NoRegistry('hook')
 
 
-def backbone_classes() -> list:
-    from .models import EnFormer
-    classes = [EnFormer]
-    try:
-        from .models import baselines  # noqa: F401  (added by the baselines module)
-        classes += list(baselines.BACKBONES)
-    except ImportError:
-        pass
-    return classes
-
-
-def register_all() -> Dict[str, List[str]]:
-    classes = backbone_classes()
-    for scope, module in TOOLBOXES.items():
-        try:
-            registry = importlib.import_module(module).MODELS
-        except Exception:  # toolbox not installed (or broken): skip, check_env says why
-            continue
-        names = []
-        for cls in classes:
-            if registry.get(cls.__name__) is not cls or cls.__name__ not in registry.module_dict:
-                registry.register_module(module=cls, name=cls.__name__, force=True)
-            names.append(cls.__name__)
-        REGISTERED[scope] = names
-    # extra registrations (transforms etc.) provided by the task glue modules
-    try:
-        from . import mm_extensions  # noqa: F401
-    except ImportError:
-        pass
-    return REGISTERED
+def registered() -> Dict[str, List[str]]:
+    """Names this package registered, per registry (for ``tools/check_env.py`` and tests)."""
+    out: Dict[str, List[str]] = {}
+    for registry in (MODELS, DATASETS, TRANSFORMS, HOOKS):
+        names = [name for name, cls in registry.module_dict.items()
+                 if cls.__module__.startswith('enformer_core.')]
+        if names:
+            out[registry.name] = sorted(names)
+    return out

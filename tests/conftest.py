@@ -31,6 +31,30 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope='session')
+def published_state():
+    """A random state dict with the keys and shapes of an official checkpoint, read from
+    ``tests/data/published_layouts/<name>_state_dict.txt`` (``'enformer_s'``,
+    ``'enformer_s_fused'``, ``'coc_tiny'``, ``'coc_small'``, ``'fec_small'``)."""
+    import re
+
+    def make(name: str):
+        path = ROOT / 'tests' / 'data' / 'published_layouts' / (
+            name.replace('_fused', '') + '_state_dict' + ('_fused' if '_fused' in name else '')
+            + '.txt')
+        g = torch.Generator().manual_seed(0)
+        state = {}
+        for line in path.read_text().splitlines():
+            if not line.strip() or line.startswith('#'):
+                continue
+            key, shape = line.split('\t')
+            dims = tuple(int(d) for d in re.findall(r'\d+', shape))
+            state[key] = (torch.randint(0, 100, dims, generator=g)
+                          if key.endswith('num_batches_tracked') else torch.randn(dims, generator=g))
+        return state
+    return make
+
+
+@pytest.fixture(scope='session')
 def load_tool():
     """Import a command-line script of the repository (``'tools/....py'``) as a module, so
     tests call its ``main(argv)`` in-process."""

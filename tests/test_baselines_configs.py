@@ -8,7 +8,7 @@ import torch
 from mmengine.config import Config
 
 import enformer_core  # noqa: F401
-from enformer_core.utils.inspect import count_params
+from enformer_core.analysis import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
 CLS = sorted(str(p.relative_to(ROOT)) for fam in ('coc', 'fec', 'clusterformer')
@@ -44,7 +44,7 @@ def test_config_parses(path):
     bb = cfg.model.backbone
     assert bb.type in ('ContextCluster', 'FEC', 'ClusterFormer')
     if path in DET + SEG:
-        assert tuple(bb.out_indices) == (0, 1, 2, 3) and bb.pooled_output is False
+        assert tuple(bb.out_indices) == (0, 1, 2, 3) and bb.gap_before_final_norm is False
         assert bb.init_cfg.type == 'Pretrained' and bb.init_cfg.prefix == 'backbone.'
     if bb.type == 'FEC':
         assert cfg.find_unused_parameters is True

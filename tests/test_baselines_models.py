@@ -4,14 +4,14 @@ import torch
 import torch.nn.functional as F
 
 import enformer_core  # noqa: F401  (registers the backbones)
-from enformer_core.models import baselines  # noqa: F401  (entry functions)
+
 from enformer_core.models.clusterformer import ClusterFormer, RecurrentClusteringMixer
 from enformer_core.models.context_cluster import ContextCluster, ContextClusterMixer
-from enformer_core.models.factory import create_model
+from enformer_core.models import create_model
 from enformer_core.models.fec import FEC, ClusterPooling
 from enformer_core.ops.clustering import (HAS_TORCH_SCATTER, segment_aggregate,
                                           segment_aggregate_reference)
-from enformer_core.utils.inspect import count_params
+from enformer_core.analysis import count_params
 
 # ---------------------------------------------------------------- parameter counts (spec)
 CLS_PARAMS = {'coc_tiny': 5_570_584, 'coc_tiny_plain': 5_570_584, 'coc_small': 14_657_024,
@@ -31,7 +31,7 @@ def test_classifier_params_exact(name):
 def test_coc_dense_params_exact(arch, proposal, expected):
     with torch.device('meta'):
         m = ContextCluster(arch, proposal=proposal, out_indices=(0, 1, 2, 3),
-                           pooled_output=False)
+                           gap_before_final_norm=False)
     assert count_params(m) == expected
     assert all(mix.num_centres == proposal ** 2 for mix in m.modules()
                if isinstance(mix, ContextClusterMixer))
@@ -42,7 +42,7 @@ def test_coc_dense_params_exact(arch, proposal, expected):
 @pytest.mark.parametrize('task', ['segmentation', 'detection'])
 def test_fec_dense_params_exact(arch, expected, task):
     with torch.device('meta'):
-        m = FEC(arch, clustering=task, out_indices=(0, 1, 2, 3), pooled_output=False)
+        m = FEC(arch, clustering=task, out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
     assert count_params(m) == expected
 
 
@@ -76,7 +76,7 @@ CF_MINI = dict(embed_dims=[32, 64, 96, 128], depths=[1, 1, 1, 1], mlp_ratios=[4,
     (FEC, 'small', dict(clustering='detection', pool_mode='local')),
     (FEC, 'small', dict(clustering='detection')), (ClusterFormer, CF_MINI, {})])
 def test_dense_shapes_any_size(cls, arch, kw, size):
-    m = cls(arch, out_indices=(0, 1, 2, 3), pooled_output=False, **kw).eval()
+    m = cls(arch, out_indices=(0, 1, 2, 3), gap_before_final_norm=False, **kw).eval()
     with torch.no_grad():
         outs = m(torch.randn(1, 3, *size))
     h, w = size[0] // 4, size[1] // 4  # stem: 4x4 stride 4
@@ -93,9 +93,8 @@ def test_dense_shapes_any_size(cls, arch, kw, size):
                                      ('clusterformer_tiny', dict(arch=CF_MINI))])
 def test_classifier_forward_and_backward(name, kw):
     if 'arch' in kw:  # the tiny entry function with a narrow arch (speed)
-        from enformer_core.models.baselines import ClusterClassifier
-        bb = ClusterFormer(**kw)
-        model = ClusterClassifier(bb, bb.embed_dims[-1], 10)
+        from enformer_core.models import ClusterClassifier
+        model = ClusterClassifier(ClusterFormer(**kw), 10)
     else:
         model = create_model(name, num_classes=10)
     x = torch.randn(2, 3, 64, 64)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import enformer_core  # noqa: F401  (registers the extras)
-from enformer_core.mm_extensions.cls import FashionMNISTIdx, GreyToRGB, read_idx, write_idx
+from enformer_core.datasets import FashionMNISTIdx, GreyToRGB, read_idx, write_idx
 
 
 @pytest.fixture()

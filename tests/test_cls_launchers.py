@@ -47,7 +47,7 @@ def _slice(stem, n, offset):
 
 
 def _write_idx(path, arr):
-    from enformer_core.mm_extensions.cls import write_idx
+    from enformer_core.datasets import write_idx
     write_idx(str(path), arr)
 
 
@@ -209,4 +209,4 @@ def test_checkpoint_of_another_variant(tiny, trained, tmp_path):
                         'model.backbone.arch=b', 'model.head.in_channels=512'])
     msg = str(err.value)
     assert 'does not fit' in msg and "arch='b'" in msg
-    assert 'shape mismatches' in msg and 'backbone.stem.conv1.weight' in msg
+    assert 'of another shape' in msg and 'backbone.stem.conv1.weight' in msg

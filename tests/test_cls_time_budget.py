@@ -13,7 +13,7 @@ from mmengine.registry import DATASETS, MODELS
 from mmengine.runner import Runner
 
 import enformer_core  # noqa: F401  (registers TimeBudgetHook)
-from enformer_core.mm_extensions.cls import TimeBudgetHook
+from enformer_core.engine import TimeBudgetHook
 
 SLEEP = 0.02  # seconds per training iteration: the toy step is dominated by it
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from enformer_core.models.clustering import (ConsensusAggregation, EnsembleClustering,
-                                             build_clustering, pool_tokens)
+from enformer_core.models.clustering import (BaseClustering, ConsensusAggregation,
+                                             EnsembleClustering, build_clustering, pool_tokens)
 from enformer_core.ops import clustering as ops
 
 
@@ -14,8 +14,9 @@ def _rand(*shape):
 
 @pytest.mark.parametrize('rule', ['fuzzy', 'possibilistic', 'probabilistic', 'partitional'])
 def test_base_clustering_gradcheck(rule):
-    module = build_clustering(dict(type='BaseClustering', rule=rule, grid=(2, 2)),
+    module = build_clustering(dict(type=f'{rule.capitalize()}Clustering', grid=(2, 2)),
                               head_dim=3).double().eval()
+    assert module.rule == rule
     with torch.no_grad():  # non-trivial per-centre parameters
         module.sim_alpha.copy_(torch.rand(4, dtype=torch.float64) + 0.5)
         module.sim_beta.copy_(torch.randn(4, dtype=torch.float64) * 0.1)
@@ -53,12 +54,13 @@ def test_consensus_gradcheck_and_reference():
 
 def test_assignment_rules_against_definitions():
     sim = torch.randn(2, 4, 6)
-    a, den = ops.assign(sim, 'fuzzy')
+    a, den = ops.softmax_assign(sim)
     assert torch.allclose(a.sum(1), torch.ones(2, 6))
     assert torch.allclose(den, a.sum(-1) + 1e-7)
-    a, den = ops.assign(sim, 'possibilistic')
+    a, den = ops.sigmoid_assign(sim)
     assert torch.allclose(a, torch.sigmoid(sim))
-    a, den = ops.assign(sim, 'partitional', training=False)
+    assert torch.allclose(den, a.sum(-1) + 1e-7)
+    a, den = ops.hard_assign(sim, training=False)
     hard = F.one_hot(sim.argmax(1), 4).transpose(1, 2).float()
     assert torch.equal(a, torch.sigmoid(sim) * hard)
     assert torch.equal(den, hard.sum(-1) + 1)
@@ -67,8 +69,11 @@ def test_assignment_rules_against_definitions():
     masks = [ops.hard_mask(sim, training=True) for _ in range(20)]
     assert all(torch.equal(m.sum(1), torch.ones(2, 6)) for m in masks)
     assert any(not torch.equal(m, hard) for m in masks)
-    with pytest.raises(ValueError, match='unknown assignment rule'):
-        ops.assign(sim, 'spectral')
+    # each rule is one subclass; the base class alone is no clustering
+    with pytest.raises(ValueError, match='unknown base clustering'):
+        build_clustering(dict(type='SpectralClustering', grid=2), head_dim=3)
+    with pytest.raises(TypeError, match='abstract'):
+        BaseClustering(grid=2, head_dim=3)
 
 
 def test_gumbel_noise_follows_the_gumbel_max_law():
@@ -221,7 +226,7 @@ def test_mixer_saves_no_bdmn_temporary():
 
 
 def test_mixer_agents_shapes_and_recording():
-    from enformer_core.utils.inspect import record_assignments
+    from enformer_core.analysis import record_assignments
     mixer = EnsembleClustering(dim=16, num_heads=2, head_dim=8,
                                base_clusterings=[dict(type='FuzzyClustering', grid=3),
                                                  dict(type='PartitionalClustering', grid=2)],

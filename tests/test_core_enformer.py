@@ -6,7 +6,7 @@ import torch.nn as nn
 from enformer_core import create_model
 from enformer_core.models import EnFormer
 from enformer_core.models.layers import ReparamDWConv
-from enformer_core.utils.inspect import count_params
+from enformer_core.analysis import count_params
 
 # ARCHITECTURE.md §9: (params as trained, after reparameterize, paper "M" = fused / 2**20,
 # fvcore GMACs at 224^2)
@@ -242,7 +242,7 @@ def test_clamp_agents_clusters_small_maps_directly_and_leaves_large_maps_alone()
     (dict(arch='xl'), 'unknown EnFormer arch'),
     (dict(out_indices=(4,)), 'out_indices'),
     (dict(frozen_stages=5), 'frozen_stages'),
-    (dict(clustering='panoptic'), 'unknown clustering preset'),
+    (dict(clustering='panoptic'), 'unknown EnFormer clustering preset'),
     (dict(arch=dict(embed_dims=[8]), ), 'missing'),
 ])
 def test_bad_constructor_arguments(kwargs, message):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from enformer_core.data.shapes_coco import CLASSES, make_shapes_coco, make_split
+from enformer_core.datasets.shapes_coco import CLASSES, make_shapes_coco, make_split
 
-S_CONFIG = 'detection/configs/mask-rcnn_enformer-s_fpn_1x_coco.py'
+S_CONFIG = 'detection/configs/enformer/mask-rcnn_enformer-s_fpn_1x_coco.py'
 DEMO_CONFIG = 'detection/configs/demo/mask-rcnn_enformer-s_fpn_shapes-demo.py'
 
 
@@ -216,7 +216,7 @@ def _corrupt_cases(tmp_path, shapes):
 
 def test_corrupt_annotation_file_clear_error(tmp_path, shapes, mm):
     Config, DATASETS, _ = mm
-    from enformer_core.mm_extensions.det import CocoAnnotationError
+    from enformer_core.datasets import CocoAnnotationError
     for name, (_, message) in _corrupt_cases(tmp_path, shapes).items():
         _, ds = _dataset_cfg(Config, DEMO_CONFIG, shapes, 'val')
         ds.ann_file = str(tmp_path / f'{name}.json')

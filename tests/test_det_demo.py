@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from enformer_core.data.shapes_coco import make_shapes_coco
+from enformer_core.datasets.shapes_coco import make_shapes_coco
 
 DEMO_CONFIG = 'detection/configs/demo/mask-rcnn_enformer-s_fpn_shapes-demo.py'
 ITERS = 8

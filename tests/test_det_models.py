@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-CONFIGS = {a: f'detection/configs/mask-rcnn_enformer-{a}_fpn_1x_coco.py' for a in 'sbl'}
+CONFIGS = {a: f'detection/configs/enformer/mask-rcnn_enformer-{a}_fpn_1x_coco.py' for a in 'sbl'}
 DEMO_CONFIG = 'detection/configs/demo/mask-rcnn_enformer-s_fpn_shapes-demo.py'
 DIMS = {'s': [40, 80, 160, 320], 'b': [64, 128, 320, 512], 'l': [64, 128, 320, 512]}
 #: measured backbone sizes of the detection variants (EnFormer(clustering='detection',
@@ -178,8 +178,14 @@ def test_classification_checkpoint_into_detector(tmp_path, mm):
     det = model.backbone.state_dict()
     # same-shaped weights are copied exactly
     for key in ('stem.conv1.weight', 'stages.2.blocks.5.mixer.proj_in.weight',
-                'stages.3.blocks.3.ffn.fc2.fc.weight', 'post_norm3.weight'):
+                'stages.3.blocks.3.ffn.fc2.fc.weight'):
         assert torch.equal(det[key], cls_state['backbone.' + key]), key
+    # the classifier's pre-head norm is no stage norm: every output norm starts at 1 / 0,
+    # as in the published detection code
+    for i in range(4):
+        assert torch.equal(det[f'post_norm{i}.weight'], torch.ones_like(det[f'post_norm{i}.weight']))
+        assert torch.equal(det[f'post_norm{i}.bias'], torch.zeros_like(det[f'post_norm{i}.bias']))
+    assert '8 kept at their initial values' in log
     # per-centre parameters: classification stage 0 has 6^2 fuzzy centres, detection 12^2
     key = 'stages.0.blocks.0.mixer.clusterings.0.sim_alpha'
     src = cls_state['backbone.' + key]
@@ -187,11 +193,9 @@ def test_classification_checkpoint_into_detector(tmp_path, mm):
     assert torch.equal(det[key][:36], src)
     assert torch.allclose(det[key][36:], src.mean().expand(108))
     # 18 blocks x (2 base clusterings + consensus) x (alpha, beta) per-centre vectors
-    assert 'adapted keys (108)' in log
-    assert 'sim_alpha: (36,) -> (144,)' in log and 'sim_beta' in log
-    assert 'missing keys (6)' in log
-    for i in range(3):
-        assert f'post_norm{i}.weight' in log
+    assert '108 adapted to another number of centres' in log
+    assert 'sim_alpha (36,)->(144,)' in log and 'sim_beta' in log
+    assert 'missing from the checkpoint' not in log
     assert str(ckpt) in log
 
 
@@ -214,7 +218,7 @@ def test_dense_outputs_are_contiguous(mm, name):
     never learnt (the from-scratch demo stayed at 0.5 bbox mAP, its mask loss at a constant 0.55)."""
     _, MODELS = mm
     kwargs = dict(clustering='detection', gap_before_final_norm=False) if name == 'EnFormer' \
-        else dict(pooled_output=False)
+        else dict(gap_before_final_norm=False)
     arch = {'EnFormer': 's', 'ContextCluster': 'tiny', 'FEC': 'small', 'ClusterFormer': 'tiny'}
     backbone = MODELS.build(dict(type=name, arch=arch[name], out_indices=(0, 1, 2, 3),
                                  **kwargs)).eval()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from enformer_core.data import shapes_ade
-from enformer_core.data.shapes_ade import STYLES, make_shapes_ade, render_sample
+from enformer_core.datasets import shapes_ade
+from enformer_core.datasets.shapes_ade import STYLES, make_shapes_ade, render_sample
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -105,7 +105,7 @@ def _write_pair(root, split, name, img, label):
 
 def test_out_of_range_labels_are_ignored_or_rejected(tmp_path, mmseg_ready):
     from mmseg.registry import TRANSFORMS
-    from enformer_core.mm_extensions.seg import SegLabelError
+    from enformer_core.datasets import SegLabelError
     raw = np.zeros((40, 60), np.uint8)
     raw[:10] = 5          # class 4 after reduce_zero_label
     raw[10:20] = 150      # last valid ADE class -> 149
@@ -208,7 +208,7 @@ def test_ade_pipelines_and_loss_on_a_real_voc_photo(tmp_path, repo_root, mmseg_r
     _write_pair(tmp_path, 'training', 'voc', rgb, cls)
     _write_pair(tmp_path, 'validation', 'voc', rgb, cls)
     cfg = Config.fromfile(str(repo_root / 'segmentation/configs/'
-                              'fpn_enformer-s_8xb2-80k_ade20k-512x512.py'))
+                              'enformer/fpn_enformer-s_8xb2-80k_ade20k-512x512.py'))
 
     def dataset(split, pipeline):
         return DATASETS.build(dict(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'segmentation' / 'configs'
-ADE = {a: CONFIG_DIR / f'fpn_enformer-{a}_8xb2-80k_ade20k-512x512.py' for a in 'sbl'}
+ADE = {a: CONFIG_DIR / 'enformer' / f'fpn_enformer-{a}_8xb2-80k_ade20k-512x512.py' for a in 'sbl'}
 DEMO = CONFIG_DIR / 'demo' / 'fpn_enformer-s_shapes-demo.py'
 
 # spec section 9: dense segmentation backbones 8.23 / 15.14 / 30.69 M (1e6 units, trained

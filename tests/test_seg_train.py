@@ -21,7 +21,7 @@ DEMO = ROOT / 'segmentation' / 'configs' / 'demo' / 'fpn_enformer-s_shapes-demo.
 
 @pytest.fixture(scope='module')
 def shapes_root(tmp_path_factory):
-    from enformer_core.data.shapes_ade import make_shapes_ade
+    from enformer_core.datasets.shapes_ade import make_shapes_ade
     root = tmp_path_factory.mktemp('shapes_ade')
     make_shapes_ade(root, num_train=6, num_val=3, num_classes=6, seed=0, preview=False)
     return root

@@ -1,11 +1,11 @@
-"""tools/analysis/benchmark.py (and the tools/benchmark.py shim): 2-iteration CPU smoke."""
+"""tools/analysis/benchmark.py: 2-iteration CPU smoke."""
 import json
 
 
 
 def test_benchmark_smoke_writes_json_and_markdown(load_tool, tmp_path, capsys):
     out = tmp_path / 'bench.json'
-    load_tool('tools/benchmark.py').main(
+    load_tool('tools/analysis/benchmark.py').main(
         ['enformer_s', '--batch', '2', '--shape', '64', '--warmup', '1', '--iters', '2',
          '--forms', 'train-graph', 'deploy', '--train', '--train-batch', '2',
          '--train-iters', '1', '--train-warmup', '0', '--sweep', '64', '96',

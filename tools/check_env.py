@@ -56,10 +56,10 @@ def main() -> int:
             verdicts[task] = (False, f'{pkg} needs mmcv with compiled ops ({ops_msg}); '
                                      f'run bash tools/setup_env.sh')
         else:
-            from enformer_core.registry import REGISTERED
-            scope = {'mmpretrain': 'mmpretrain', 'mmdet': 'mmdet', 'mmseg': 'mmseg'}[pkg]
-            if 'EnFormer' not in REGISTERED.get(scope, []):
-                verdicts[task] = (False, f'EnFormer is not registered in {scope}')
+            # the toolbox's registry finds EnFormer in its parent, MMEngine's root registry
+            models = importlib.import_module(f'{pkg}.registry').MODELS
+            if models.get('EnFormer') is None:
+                verdicts[task] = (False, f'EnFormer is not visible in the {pkg} registry')
             else:
                 verdicts[task] = (True, f'{pkg} {ver}, EnFormer registered')
 
@@ -68,8 +68,11 @@ def main() -> int:
         for name, (ver, err) in versions.items():
             print(f'{name:<14}{ver if ver else "MISSING (" + err + ")"}')
         print(f'mmcv ops    {"yes" if ops_ok else "no"} ({ops_msg})')
+        from enformer_core.datasets import UNAVAILABLE
         from enformer_core.ops.clustering import HAS_TORCH_SCATTER
         print(f'torch-scatter accelerator: {"yes" if HAS_TORCH_SCATTER else "no (pure PyTorch fallback)"}')
+        for module, why in UNAVAILABLE.items():
+            print(f'enformer_core.datasets.{module} unavailable: {why}')
         print(f'CUDA        {"yes, " + torch.cuda.get_device_name(0) if cuda else "no (CPU only)"}'
               f'; threads {torch.get_num_threads()}')
         print()

@@ -10,7 +10,7 @@ ROOT_DIR=$(dirname "$TOOLS_DIR")
 if [ -z "${PYTHON:-}" ]; then
     if [ -x "$ROOT_DIR/.venv/bin/python" ]; then PYTHON="$ROOT_DIR/.venv/bin/python"; else PYTHON=python3; fi
 fi
-export PYTHONPATH="$ROOT_DIR${PYTHONPATH:+:$PYTHONPATH}"
+
 
 run_torchrun() {
     local nproc=$1 script=$2

@@ -4,21 +4,22 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl]
                          [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
 
-The checkpoint must fit the config's model exactly (same variant, task and classes);
-otherwise the missing / unexpected / mis-shaped keys are listed and nothing is evaluated.
+CHECKPOINT is a path or URL, in our layout or a published one (converted on the fly).  It
+must fit the config's model exactly (same variant, task and classes); otherwise the missing /
+unexpected / mis-shaped keys are listed and nothing is evaluated.
 The metrics are printed at the end as one line ``metrics: {...}`` (JSON).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os.path as osp
-import sys
+import os
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from train import (LaunchError, build_runner, check_checkpoint_fits, check_data_paths,  # noqa: E402
-                   describe_model, load_config, parse_common_args, run_main, set_work_dir,
-                   adapt_to_machine)
+from enformer_core.hub import is_url
+from enformer_core.utils.dist import prepare_distributed
+from enformer_core.utils.launch import (LaunchError, adapt_to_machine, build_runner,
+                                        check_data_paths, describe_model, load_config,
+                                        load_into, parse_common_args, run_main, set_work_dir)
 
 
 def parse_args(argv=None):
@@ -32,7 +33,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not osp.isfile(args.checkpoint):
+    if not is_url(args.checkpoint) and not os.path.isfile(args.checkpoint):
         raise LaunchError(f'checkpoint not found: {args.checkpoint}')
     cfg = load_config(args.config, args.cfg_options)
     set_work_dir(cfg, args.config, args.work_dir)
@@ -50,11 +51,9 @@ def main(argv=None):
         ev = cfg.test_evaluator
         cfg.test_evaluator = (list(ev) if isinstance(ev, (list, tuple)) else [ev]) + [dump]
 
-    from enformer_core.utils.dist import prepare_distributed
     prepare_distributed(cfg, args.launcher)
     runner = build_runner(cfg)
-    check_checkpoint_fits(runner.model, args.checkpoint, describe_model(cfg))
-    runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+    load_into(runner.model, args.checkpoint, describe_model(cfg), adapt=False)
     metrics = runner.test()
     if runner.rank == 0:
         print('metrics: ' + json.dumps({k: float(v) if hasattr(v, '__float__') else str(v)

@@ -1,7 +1,7 @@
 """ClusterFormer (NeurIPS 2023), implemented from the paper's equations on the shared skeleton.
 
-The released code does not match the paper (``shared/spec/BASELINES.md``), so this is the
-method of §3.2, with every choice the paper leaves open written down in ``docs/baselines.md``:
+The released code does not match the paper (``docs/baselines.md``), so this is the method of
+§3.2, with every choice the paper leaves open written down in ``docs/baselines.md``:
 
 * **Recurrent cross-attention clustering** (per block, ``T`` iterations, projections shared
   across iterations, ``K`` centres per head):
@@ -25,8 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.clustering import cosine_similarity
+from ..registry import MODELS
+from .classifier import ClusterClassifier, register_model
 from .layers import to_2tuple
-from .metaformer import ConvDownsample, MetaFormerBackbone, Mlp
+from .metaformer import ConvDownsample, MetaFormerBackbone, Mlp, metaformer_classifier
 
 CENTRE_NORMS = ('mass', 'none')
 
@@ -114,10 +116,12 @@ class RecurrentClusteringMixer(nn.Module):
         return self._merge(out, b).transpose(1, 2).reshape(b, c, h, w)
 
 
+@MODELS.register_module()
 class ClusterFormer(MetaFormerBackbone):
-    """ClusterFormer backbone (``clusterformer_tiny``, ``clusterformer_small``).
+    """ClusterFormer backbone (``clusterformer_tiny``, ``clusterformer_small``); shared
+    options in :class:`MetaFormerBackbone`.
 
-    Args (besides :class:`MetaFormerBackbone`'s):
+    Args:
         arch: ``'tiny'``, ``'small'`` or a dict with ``embed_dims``, ``depths``,
             ``mlp_ratios``, ``num_heads``, ``head_dim``.
         num_centres: ``K`` per block (default 100, i.e. 10 x 10 pooled initial centres).
@@ -133,21 +137,31 @@ class ClusterFormer(MetaFormerBackbone):
                       mlp_ratios=[4, 4, 4, 4], num_heads=[3, 6, 12, 24], head_dim=32),
     }
     arch_aliases = {'t': 'tiny', 's': 'small'}
-    arch_keys = MetaFormerBackbone.arch_keys + ('num_heads', 'head_dim')
 
     def __init__(self, arch: Union[str, dict] = 'tiny', num_centres=100, iterations: int = 3,
                  init_ffn_ratio: float = 0.5, centre_norm: str = 'mass', **kwargs):
-        arch = self.resolve_arch(arch)
-        arch.update(num_centres=num_centres, iterations=iterations,
-                    init_ffn_ratio=init_ffn_ratio, centre_norm=centre_norm)
-        super().__init__(arch=arch, **kwargs)
+        super().__init__(arch, **kwargs)
+        self.num_centres = num_centres
+        self.iterations = iterations
+        self.init_ffn_ratio = init_ffn_ratio
+        self.centre_norm = centre_norm
+        self.build()
 
     def build_mixer(self, stage: int, index: int) -> nn.Module:
-        a = self.arch
-        return RecurrentClusteringMixer(a['embed_dims'][stage], a['num_heads'][stage],
-                                        a['head_dim'], a['num_centres'], a['iterations'],
-                                        a['init_ffn_ratio'], a['centre_norm'])
+        return RecurrentClusteringMixer(self.embed_dims[stage], self.arch['num_heads'][stage],
+                                        self.arch['head_dim'], self.num_centres,
+                                        self.iterations, self.init_ffn_ratio, self.centre_norm)
 
     def build_downsample(self, stage: int) -> nn.Module:
         return ConvDownsample(self.embed_dims[stage], self.embed_dims[stage + 1],
                               kernel_size=2, stride=2)
+
+
+@register_model
+def clusterformer_tiny(**kwargs) -> ClusterClassifier:
+    return metaformer_classifier(ClusterFormer, 'tiny', **kwargs)
+
+
+@register_model
+def clusterformer_small(**kwargs) -> ClusterClassifier:
+    return metaformer_classifier(ClusterFormer, 'small', **kwargs)

@@ -1,6 +1,7 @@
 """Differentiable base clusterings and the consensus aggregation (EnFormer's token mixer).
 
-One implementation of a base clustering, four assignment rules (ARCHITECTURE.md §5):
+One implementation of a base clustering, four assignment rules, one subclass each
+(``docs/architecture.md``, "EnsembleClustering"):
 
 =====================  ======================================  ========================
 class                  ``A`` from similarities ``S``            normaliser of centre m
@@ -54,25 +55,26 @@ def pool_tokens(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 class BaseClustering(nn.Module):
     """One differentiable clustering step over the points of one head.
 
+    A subclass is one assignment rule: it overrides :meth:`assign` (and, for the GMM E-step,
+    :meth:`similarity`); everything else (initial centres, similarity scale and offset per
+    centre, the centre update) is shared.
+
     Args:
         grid: centre grid ``(h, w)`` (or an int); the ``M = h*w`` initial centres are the
             adaptive average pool of the key/value maps onto that grid.
         head_dim: width ``d`` of the points.
-        rule: one of ``ops.RULES``.
         centre_bias: add a learnt per-centre bias followed by ``SiLU(Linear)`` to the initial
             centres (separately for keys and values); unused by the released variants.
         gumbel: partitional rule only: straight-through Gumbel sampling in training
             (as published); ``False`` uses argmax in training as well.
     """
 
-    rule: str = 'fuzzy'
-
-    def __init__(self, grid, head_dim: int, rule: Optional[str] = None,
-                 centre_bias: bool = False, gumbel: bool = True):
+    def __init__(self, grid, head_dim: int, centre_bias: bool = False, gumbel: bool = True):
         super().__init__()
-        self.rule = rule or self.rule
-        if self.rule not in ops.RULES:
-            raise ValueError(f'unknown assignment rule {self.rule!r}; expected one of {ops.RULES}')
+        if type(self).assign is BaseClustering.assign:
+            raise TypeError('BaseClustering is abstract: use PartitionalClustering, '
+                            'FuzzyClustering, PossibilisticClustering or '
+                            'ProbabilisticClustering')
         self.grid = to_2tuple(grid)
         self.num_centres = self.grid[0] * self.grid[1]
         self.head_dim = head_dim
@@ -80,29 +82,36 @@ class BaseClustering(nn.Module):
         m = self.num_centres
         self.sim_alpha = nn.Parameter(torch.ones(m))
         self.sim_beta = nn.Parameter(torch.zeros(m))
-        if self.rule == 'probabilistic':
-            self.log_priors = nn.Parameter(torch.zeros(m))
-            self.log_vars = nn.Parameter(torch.zeros(m, head_dim))
         self.centre_bias = centre_bias
         if centre_bias:
             self.key_centre_bias = nn.Parameter(torch.zeros(m, head_dim))
             self.key_centre_proj = nn.Linear(head_dim, head_dim)
             self.value_centre_bias = nn.Parameter(torch.zeros(m, head_dim))
             self.value_centre_proj = nn.Linear(head_dim, head_dim)
-        # set by tools/visualization (see enformer_core.record_assignments)
+        # set by the visualisation tools (enformer_core.analysis.record_assignments)
         self.record = False
         self.last_assignment: Optional[torch.Tensor] = None
 
+    @property
+    def rule(self) -> str:
+        """The rule's name: ``'partitional'``, ``'fuzzy'``, ... (for labels and reports)."""
+        return type(self).__name__.replace('Clustering', '').lower()
+
     def extra_repr(self) -> str:
-        return f'rule={self.rule}, grid={self.grid}, head_dim={self.head_dim}'
+        return f'grid={self.grid}, head_dim={self.head_dim}'
 
     def similarity(self, centres: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        alpha = self.sim_alpha.view(1, -1, 1)
-        beta = self.sim_beta.view(1, -1, 1)
-        if self.rule == 'probabilistic':
-            ll = ops.gaussian_log_likelihood(centres, points, self.log_vars)
-            return alpha * ll + beta + self.log_priors.view(1, -1, 1)
-        return alpha * ops.cosine_similarity(centres, points) + beta
+        """``S[m, n] = alpha[m] cos(c_m, p_n) + beta[m]``, ``(b, M, N)``."""
+        return self.sim_alpha.view(1, -1, 1) * ops.cosine_similarity(centres, points) + \
+            self.sim_beta.view(1, -1, 1)
+
+    def assign(self, sim: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Weights ``A`` ``(b, M, N)`` and per-centre normaliser ``(b, M)`` from ``S``."""
+        raise NotImplementedError
+
+    def membership(self, sim: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """What the visualisation draws: the memberships ``(b, M, N)``."""
+        return weights
 
     def forward(self, centres: torch.Tensor, init_values: torch.Tensor,
                 key_points: torch.Tensor, value_points: torch.Tensor) -> torch.Tensor:
@@ -117,43 +126,62 @@ class BaseClustering(nn.Module):
             centres = F.silu(self.key_centre_proj(centres + self.key_centre_bias))
             init_values = F.silu(self.value_centre_proj(init_values + self.value_centre_bias))
         sim = self.similarity(centres, key_points)
-        weights, denom = ops.assign(sim, self.rule, self.training, self.gumbel)
+        weights, denom = self.assign(sim)
         if self.record:
-            self.last_assignment = weights.detach() if self.rule != 'partitional' else \
-                ops.hard_mask(sim, False).detach()
+            self.last_assignment = self.membership(sim, weights).detach()
         return ops.aggregate(weights, value_points, init_values, denom)
 
 
 @register_clustering
 class PartitionalClustering(BaseClustering):
     """k-means-like hard assignment (straight-through Gumbel in training, argmax in eval)."""
-    rule = 'partitional'
+
+    def assign(self, sim):
+        return ops.hard_assign(sim, self.training, self.gumbel)
+
+    def membership(self, sim, weights):
+        return ops.hard_mask(sim, training=False)
 
 
 @register_clustering
 class FuzzyClustering(BaseClustering):
     """Fuzzy-c-means-like soft assignment (softmax over centres)."""
-    rule = 'fuzzy'
+
+    def assign(self, sim):
+        return ops.softmax_assign(sim)
 
 
 @register_clustering
 class PossibilisticClustering(BaseClustering):
     """Possibilistic-c-means-like assignment (independent sigmoid memberships)."""
-    rule = 'possibilistic'
+
+    def assign(self, sim):
+        return ops.sigmoid_assign(sim)
 
 
 @register_clustering
 class ProbabilisticClustering(BaseClustering):
-    """Diagonal-GMM E-step with learnt log-priors and log-variances."""
-    rule = 'probabilistic'
+    """Diagonal-GMM E-step with learnt log-priors and log-variances:
+    ``A = softmax_m(alpha L + beta + log_prior)`` on the Gaussian log-likelihoods ``L``."""
 
+    def __init__(self, grid, head_dim: int, **kwargs):
+        super().__init__(grid, head_dim, **kwargs)
+        self.log_priors = nn.Parameter(torch.zeros(self.num_centres))
+        self.log_vars = nn.Parameter(torch.zeros(self.num_centres, head_dim))
 
-register_clustering(BaseClustering)
+    def similarity(self, centres, points):
+        ll = ops.gaussian_log_likelihood(centres, points, self.log_vars)
+        return self.sim_alpha.view(1, -1, 1) * ll + self.sim_beta.view(1, -1, 1) + \
+            self.log_priors.view(1, -1, 1)
+
+    def assign(self, sim):
+        return ops.softmax_assign(sim)
 
 
 def build_clustering(cfg: dict, head_dim: int, gumbel: bool = True) -> BaseClustering:
+    """A base clustering from ``dict(type='FuzzyClustering', grid=6, ...)``."""
     cfg = copy.deepcopy(dict(cfg))
-    kind = cfg.pop('type', 'BaseClustering')
+    kind = cfg.pop('type', None)
     if kind not in CLUSTERINGS:
         raise ValueError(f'unknown base clustering {kind!r}; available: {sorted(CLUSTERINGS)}')
     cfg.setdefault('gumbel', gumbel)
@@ -161,7 +189,8 @@ def build_clustering(cfg: dict, head_dim: int, gumbel: bool = True) -> BaseClust
 
 
 class ConsensusAggregation(nn.Module):
-    """Fuse the centres of all base clusterings back into the points (ARCHITECTURE.md §5.8)."""
+    """Fuse the centres of all base clusterings back into the points:
+    ``Y[n] = sum_m softmax_m(a[m] cos(Z[m], q_n) + c[m]) Z[m]``."""
 
     def __init__(self, num_centres: int):
         super().__init__()

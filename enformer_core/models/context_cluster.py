@@ -1,6 +1,6 @@
 """Context Clusters (CoC, ICLR 2023) on the shared MetaFormer skeleton.
 
-Mixer (``shared/spec/BASELINES.md``): project points ``P = f(X)`` and values ``V = v(X)``, split
+Mixer (``docs/baselines.md``): project points ``P = f(X)`` and values ``V = v(X)``, split
 into heads, partition every map into ``fold x fold`` regions, propose ``p x p`` centres per
 region by average pooling, ``S = sigmoid(beta + alpha cos(c, p))``, assign every point to its
 most similar centre, aggregate ``g_i = (v_i + sum_j S_ij v_j) / (1 + sum_j S_ij)`` and dispatch
@@ -20,9 +20,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import PublishedLayout
 from ..ops.clustering import cosine_similarity, gather_dispatch, segment_aggregate
-from .layers import as_list, to_2tuple
-from .metaformer import MetaFormerBackbone
+from ..registry import MODELS
+from .classifier import ClusterClassifier, register_model
+from .layers import to_2tuple
+from .metaformer import MetaFormerBackbone, metaformer_classifier
 
 
 # --------------------------------------------------------------------------------------
@@ -170,10 +173,29 @@ class ContextClusterMixer(nn.Module):
         return self.proj(out.reshape(b, e * d, h, w))
 
 
-class ContextCluster(MetaFormerBackbone):
-    """Context Cluster backbone (``coc_tiny``, ``coc_tiny_plain``, ``coc_small``, ``coc_medium``).
+#: the official CoC checkpoints' keys <-> ours (FEC's layout extends it, see fec.py).
+#: Blocks and reducers share one list there: ``network.{2i}`` is stage i, ``network.{2i+1}``
+#: the reducer after it; dense checkpoints name the output norms ``norm{2i}``.
+COC_LAYOUT_PAIRS = [
+    ('patch_embed.proj.{p:any}', 'backbone.stem.{p:any}'),
+    ('network.{s:2n}.{b}.token_mixer.{p:any}', 'backbone.stages.{s}.blocks.{b}.mixer.{p:any}'),
+    ('network.{s:2n}.{b}.{p:any}', 'backbone.stages.{s}.blocks.{b}.{p:any}'),
+    ('network.{s:2n+1}.proj.{p:any}', 'backbone.stages.{s}.downsample.{p:any}'),
+]
+COC_CLASSIFIER_PAIRS = [('norm.{p:any}', 'backbone.post_norm3.{p:any}'),
+                        ('head.{p:any}', 'head.fc.{p:any}')]
+COC_DENSE_PAIRS = [('norm{i:2n}.{p:any}', 'backbone.post_norm{i}.{p:any}')]
+COC_SIGNATURE = r'(patch_embed\.proj\.|network\.\d+\.)'
+COC_LAYOUT = PublishedLayout('Context Clusters', COC_SIGNATURE, COC_LAYOUT_PAIRS,
+                             COC_CLASSIFIER_PAIRS, COC_DENSE_PAIRS)
 
-    Args (besides :class:`MetaFormerBackbone`'s):
+
+@MODELS.register_module()
+class ContextCluster(MetaFormerBackbone):
+    """Context Cluster backbone (``coc_tiny``, ``coc_tiny_plain``, ``coc_small``,
+    ``coc_medium``); shared options in :class:`MetaFormerBackbone`.
+
+    Args:
         arch: ``'tiny'``, ``'tiny_plain'``, ``'small'``, ``'medium'`` or a dict with
             ``embed_dims``, ``depths``, ``mlp_ratios``, ``num_heads``, ``head_dim``,
             ``proposal`` (per stage) and ``fold`` (per stage).
@@ -198,22 +220,39 @@ class ContextCluster(MetaFormerBackbone):
                        proposal=[2, 2, 2, 2], fold=[8, 4, 2, 1]),
     }
     arch_aliases = {'t': 'tiny', 's': 'small', 'm': 'medium', 'tiny-plain': 'tiny_plain',
-                    'plain': 'tiny_plain'}
-    arch_keys = MetaFormerBackbone.arch_keys + ('num_heads', 'head_dim', 'proposal', 'fold')
+                    'plain': 'tiny_plain', 'coc_tiny_plain': 'tiny_plain'}
+    arch_keys = MetaFormerBackbone.arch_keys + ('proposal', 'fold')
+    per_stage_keys = MetaFormerBackbone.per_stage_keys + ('proposal', 'fold')
+    published_layout = COC_LAYOUT
 
     def __init__(self, arch: Union[str, dict] = 'tiny', proposal=None, fold=None,
                  use_scatter: Optional[bool] = None, **kwargs):
-        arch = self.resolve_arch(arch)
-        n = len(arch['embed_dims'])
-        if proposal is not None:
-            arch['proposal'] = as_list(proposal, n, 'proposal')
-        if fold is not None:
-            arch['fold'] = as_list(fold, n, 'fold')
-        arch['use_scatter'] = use_scatter
-        super().__init__(arch=arch, **kwargs)
+        super().__init__(arch, overrides=dict(proposal=proposal, fold=fold), **kwargs)
+        self.use_scatter = use_scatter
+        self.build()
 
     def build_mixer(self, stage: int, index: int) -> nn.Module:
         a = self.arch
         return ContextClusterMixer(a['embed_dims'][stage], a['num_heads'][stage], a['head_dim'],
                                    a['proposal'][stage], a['fold'][stage], weighted=True,
-                                   use_scatter=a['use_scatter'])
+                                   use_scatter=self.use_scatter)
+
+
+@register_model
+def coc_tiny(**kwargs) -> ClusterClassifier:
+    return metaformer_classifier(ContextCluster, 'tiny', **kwargs)
+
+
+@register_model
+def coc_tiny_plain(**kwargs) -> ClusterClassifier:
+    return metaformer_classifier(ContextCluster, 'tiny_plain', **kwargs)
+
+
+@register_model
+def coc_small(**kwargs) -> ClusterClassifier:
+    return metaformer_classifier(ContextCluster, 'small', **kwargs)
+
+
+@register_model
+def coc_medium(**kwargs) -> ClusterClassifier:
+    return metaformer_classifier(ContextCluster, 'medium', **kwargs)

@@ -1,28 +1,30 @@
 """EnFormer: a vision backbone whose token mixer is ensemble clustering.
 
-Specification: ``shared/spec/ARCHITECTURE.md``.  Layout (strides 4/8/16/32)::
+The published model (paper: "Deep Ensemble Clustering for Visual Representation Learning";
+``docs/architecture.md`` has every shape and number).  Layout (strides 4/8/16/32)::
 
     image (3) + coordinates (2) -> Stem (s4) -> [Stage i: blocks -> downsample (i < 3)] x 4
     Block:  x + DropPath(EnsembleClustering(LN(x)))  ->  x + DropPath(FFN(LN(x)))
     FFN:    ReparamDWConv(k) -> Linear(C, 4C) -> SiLU -> Linear(4C, C) * gamma
 
 Variants are rows of ``EnFormer.arch_settings``; the clustering settings of each task
-(agents, centre grids) are rows of ``EnFormer.clustering_presets``.
+(agents, centre grids) are rows of ``EnFormer.clustering_presets``; the official checkpoints'
+key layout is ``ENFORMER_LAYOUT`` (converted on load, or by
+``tools/model_converters/enformer_to_mmpretrain.py``).
 """
 from __future__ import annotations
 
-import copy
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 
-from .base import ClusterBackbone
+from ..checkpoint import PublishedLayout
+from ..registry import MODELS
+from .backbone import ClusterBackbone, drop_path_schedule
+from .classifier import ClusterClassifier, register_model
 from .clustering import BaseClustering, ConsensusAggregation, EnsembleClustering
-from .layers import (CoordinateGrid, DropPath, LayerNorm2d, LayerScaleLinear, ReparamDWConv,
-                     as_list, linspace_list)
+from .layers import DropPath, LayerNorm2d, LayerScaleLinear, ReparamDWConv
 
 
 class Stem(nn.Module):
@@ -91,31 +93,51 @@ class EnFormerBlock(nn.Module):
         return x + self.drop_path_ffn(self.ffn(self.norm2(x)))
 
 
-class EnFormerStage(nn.Module):
-    def __init__(self, blocks: List[EnFormerBlock], downsample: Optional[nn.Module]):
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-        self.downsample = downsample
-        self.with_cp = False
-
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the blocks on a channels-first map and return a channels-first map."""
-        x = x.permute(0, 2, 3, 1)
-        for block in self.blocks:
-            if self.with_cp and self.training and x.requires_grad:
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x.permute(0, 3, 1, 2)
-
-
 def _grids(fuzzy, partitional) -> List[dict]:
     return [dict(type='FuzzyClustering', grid=fuzzy),
             dict(type='PartitionalClustering', grid=partitional)]
 
 
+_BLOCK = 'stages.{s}.blocks.{b}.'
+#: the official checkpoints' keys (un-fused and re-parameterised) <-> ours
+ENFORMER_LAYOUT = PublishedLayout(
+    name='EnFormer',
+    signature=r'stages\.\d+\.blocks\.\d+\.cluster\.',
+    common=[
+        ('stem.aggregate{i}.{p:any}', 'backbone.stem.conv{i}.{p:any}'),
+        ('stem.norm{i}.{p:any}', 'backbone.stem.norm{i}.{p:any}'),
+        (_BLOCK + 'cluster.sim_{p:any}', 'backbone.' + _BLOCK + 'mixer.consensus.sim_{p:any}'),
+        (_BLOCK + 'cluster.proj.linear.1.{p:any}', 'backbone.' + _BLOCK + 'mixer.proj_in.{p:any}'),
+        (_BLOCK + 'cluster.cluster_module_{k}.{p:any}',
+         'backbone.' + _BLOCK + 'mixer.clusterings.{k}.{p:any}'),
+        (_BLOCK + 'cluster.proj2.gamma', 'backbone.' + _BLOCK + 'mixer.proj_out.gamma'),
+        (_BLOCK + 'cluster.proj2.linear.1.{p:any}',
+         'backbone.' + _BLOCK + 'mixer.proj_out.fc.{p:any}'),
+        (_BLOCK + 'ffn.ffn_layers.0.conv.{p:any}', 'backbone.' + _BLOCK + 'ffn.dwconv.conv.{p:any}'),
+        (_BLOCK + 'ffn.ffn_layers.0.bn.{p:any}', 'backbone.' + _BLOCK + 'ffn.dwconv.bn.{p:any}'),
+        (_BLOCK + 'ffn.ffn_layers.0.norm.{p:any}',
+         'backbone.' + _BLOCK + 'ffn.dwconv.bn_out.{p:any}'),
+        (_BLOCK + 'ffn.ffn_layers.0.conv_{i}.{p:any}',
+         'backbone.' + _BLOCK + 'ffn.dwconv.branch_convs.{i}.{p:any}'),
+        (_BLOCK + 'ffn.ffn_layers.0.bn_{i}.{p:any}',
+         'backbone.' + _BLOCK + 'ffn.dwconv.branch_bns.{i}.{p:any}'),
+        (_BLOCK + 'ffn.ffn_layers.1.linear.1.{p:any}', 'backbone.' + _BLOCK + 'ffn.fc1.{p:any}'),
+        (_BLOCK + 'ffn.ffn_layers.3.gamma', 'backbone.' + _BLOCK + 'ffn.fc2.gamma'),
+        (_BLOCK + 'ffn.ffn_layers.3.linear.0.{p:any}',
+         'backbone.' + _BLOCK + 'ffn.fc2.fc.{p:any}'),
+        (_BLOCK + 'norm{i}.{p:any}', 'backbone.' + _BLOCK + 'norm{i}.{p:any}'),
+        ('stages.{s}.down.aggregate.{p:any}', 'backbone.stages.{s}.downsample.conv.{p:any}'),
+        ('stages.{s}.down.norm.{p:any}', 'backbone.stages.{s}.downsample.norm.{p:any}'),
+    ],
+    classifier=[('classifier_pre_norm.{p:any}', 'backbone.post_norm3.{p:any}'),
+                ('head.{p:any}', 'head.fc.{p:any}')],
+    dense=[('post_norm{i}.{p:any}', 'backbone.post_norm{i}.{p:any}')],
+)
+
+
+@MODELS.register_module()
 class EnFormer(ClusterBackbone):
-    """EnFormer backbone (mmpretrain-style).
+    """EnFormer backbone (mmpretrain-style; shared options in :class:`ClusterBackbone`).
 
     Args:
         arch: ``'s'``, ``'b'``, ``'l'`` (also ``'small'``/``'base'``/``'large'``) or a dict
@@ -123,25 +145,20 @@ class EnFormer(ClusterBackbone):
         clustering: ``'classification'``, ``'detection'``, ``'segmentation'`` (the published
             agents and centre grids of each task) or a dict with ``agents`` (one entry per
             stage, ``None`` for "all pixels") and ``base_clusterings`` (per stage, a list of
-            base-clustering configs).
-        in_channels: image channels (coordinates are appended inside).
-        out_indices: stages whose outputs are returned.
-        frozen_stages: ``-1`` freezes nothing, ``0`` the stem, ``i >= 1`` the stem and
-            stages ``0 .. i-1`` (with their downsampling convs).
-        norm_eval: keep the BatchNorm layers (in the FFN) in eval mode while training.
-        with_cp: gradient checkpointing of every block.
-        drop_path_rate / ffn_drop_path_rate: stochastic depth of the mixer / FFN branches,
-            each ``linspace(0, rate, total_blocks)``; the FFN rate defaults to the mixer's.
-        gap_before_final_norm: return ``post_norm{i}(mean_hw(x))`` of shape ``(B, C)``
+            base-clustering configs such as ``dict(type='FuzzyClustering', grid=6)``).
+        ffn_drop_path_rate: stochastic depth of the FFN branches (default: the mixer's
+            ``drop_path_rate``); the published model has one schedule per branch.
+        layer_scale_init_value: initial layer scale of both branches (published 1e-6).
+        ffn_ratio: hidden width of the FFN as a multiple of the channels.
+        gap_before_final_norm: ``post_norm{i}(mean_hw(x))`` of shape ``(B, C)``
             (classification) instead of ``post_norm{i}(x)`` maps (dense tasks).
         deploy: build the re-parameterised form (see :meth:`reparameterize`).
-        gumbel: sample the partitional assignment with straight-through Gumbel noise
-            during training, as published.
-        clamp_agents: clamp the agent grid of stages 0-1 to the map size, so that small
-            inputs (e.g. 64 px: an 8x8 stage-1 map against 14x14 agents) cluster their
-            pixels instead of pooling them *up*; no effect when the maps are larger than the
-            grids (every task at its published input size).  See
-            :class:`~enformer_core.models.clustering.EnsembleClustering`.
+        gumbel: sample the partitional assignment with straight-through Gumbel noise in
+            training, as published (``False``: argmax in training too).
+        clamp_agents: clamp the agent grid of stages 0-1 to the map size, so that small inputs
+            (a 64 px image: an 8x8 stage-1 map against 14x14 agents) cluster their pixels
+            instead of pooling them *up*; no effect at the published input sizes
+            (:class:`~enformer_core.models.clustering.EnsembleClustering`).
     """
 
     arch_settings: Dict[str, dict] = {
@@ -153,7 +170,6 @@ class EnFormer(ClusterBackbone):
                   head_dim=32, ffn_kernel_sizes=[3, 5, 7, 7]),
     }
     arch_aliases = {'small': 's', 'base': 'b', 'large': 'l'}
-
     clustering_presets: Dict[str, dict] = {
         'classification': dict(agents=[14, 14, None, None],
                                base_clusterings=[_grids(6, 5), _grids(5, 4), _grids(4, 3),
@@ -163,105 +179,57 @@ class EnFormer(ClusterBackbone):
         'segmentation': dict(agents=[32, 32, None, None],
                              base_clusterings=[_grids(12, 12)] * 4),
     }
-
-    #: smallest input side: stride 32 needs at least one pixel in the last stage
-    min_input_size = 32
+    arch_keys = ('embed_dims', 'depths', 'num_heads', 'head_dim', 'ffn_kernel_sizes', 'agents',
+                 'base_clusterings')
+    per_stage_keys = ('depths', 'num_heads', 'ffn_kernel_sizes', 'agents', 'base_clusterings')
+    coordinate_mode = 'enformer'
+    channels_last_blocks = True
+    published_layout = ENFORMER_LAYOUT
 
     def __init__(self, arch: Union[str, dict] = 's',
                  clustering: Union[str, dict] = 'classification',
-                 in_channels: int = 3,
-                 out_indices: Sequence[int] = (3,),
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 with_cp: bool = False,
-                 drop_path_rate: float = 0.0,
                  ffn_drop_path_rate: Optional[float] = None,
                  layer_scale_init_value: float = 1e-6,
                  ffn_ratio: int = 4,
-                 gap_before_final_norm: bool = True,
                  deploy: bool = False,
                  gumbel: bool = True,
                  clamp_agents: bool = False,
-                 init_cfg: Optional[dict] = None):
-        super().__init__(init_cfg=init_cfg)
-        self.arch = self._resolve_arch(arch)
-        self.clustering_cfg = self._resolve_clustering(clustering)
-        dims = self.arch['embed_dims']
-        depths = self.arch['depths']
-        self.embed_dims = list(dims)
-        self.num_stages = len(dims)
-        self.in_channels = in_channels
-        self._set_stage_options(out_indices, frozen_stages)
-        self.norm_eval = norm_eval
-        self.gap_before_final_norm = gap_before_final_norm
-        self.deploy = deploy
-
-        self.coords = CoordinateGrid('enformer')
-        self.stem = Stem(in_channels + 2, dims[0])
-        total = sum(depths)
-        dpr = linspace_list(drop_path_rate, total)
+                 drop_path_rate: float = 0.0,
+                 **kwargs):
+        super().__init__(arch, clustering, drop_path_rate=drop_path_rate, **kwargs)
         ffn_rate = drop_path_rate if ffn_drop_path_rate is None else ffn_drop_path_rate
-        ffn_dpr = linspace_list(ffn_rate, total)
-        agents = as_list(self.clustering_cfg['agents'], self.num_stages, 'agents')
-        base = self.clustering_cfg['base_clusterings']
-        if len(base) != self.num_stages:
-            raise ValueError(f'base_clusterings needs one list per stage ({self.num_stages}), '
-                             f'got {len(base)}')
-        self.stages = nn.ModuleList()
-        k = 0
-        for i in range(self.num_stages):
-            blocks = [EnFormerBlock(dims[i], self.arch['num_heads'][i], self.arch['head_dim'],
-                                    base[i], agents[i], self.arch['ffn_kernel_sizes'][i],
-                                    ffn_ratio, dpr[k + j], ffn_dpr[k + j],
-                                    layer_scale_init_value, deploy, gumbel, clamp_agents)
-                      for j in range(depths[i])]
-            k += depths[i]
-            down = Downsample(dims[i], dims[i + 1]) if i < self.num_stages - 1 else None
-            self.stages.append(EnFormerStage(blocks, down))
-        for i in self.out_indices:
-            norm = nn.LayerNorm(dims[i], eps=1e-6) if gap_before_final_norm else \
-                LayerNorm2d(dims[i])
-            self.add_module(f'post_norm{i}', norm)
-        self.with_cp = with_cp
-        self._default_init()
-        self._freeze_stages()
+        self.ffn_drop_path_rates = drop_path_schedule(ffn_rate, sum(self.arch['depths']))
+        self.layer_scale_init_value = layer_scale_init_value
+        self.ffn_ratio = ffn_ratio
+        self.deploy = deploy
+        self.gumbel = gumbel
+        self.clamp_agents = clamp_agents
+        self.build()
 
-    # ------------------------------------------------------------------ configuration
-    @classmethod
-    def _resolve_arch(cls, arch) -> dict:
-        if isinstance(arch, str):
-            key = arch.lower().replace('enformer-', '').replace('enformer_', '')
-            key = cls.arch_aliases.get(key, key)
-            if key not in cls.arch_settings:
-                raise ValueError(f'unknown EnFormer arch {arch!r}; choose one of '
-                                 f'{sorted(cls.arch_settings)} or pass a dict')
-            return copy.deepcopy(cls.arch_settings[key])
-        if isinstance(arch, dict):
-            need = {'embed_dims', 'depths', 'num_heads', 'head_dim', 'ffn_kernel_sizes'}
-            missing = need - set(arch)
-            if missing:
-                raise ValueError(f'custom arch dict is missing {sorted(missing)}')
-            n = len(arch['embed_dims'])
-            for key in ('depths', 'num_heads', 'ffn_kernel_sizes'):
-                if len(arch[key]) != n:
-                    raise ValueError(f'arch[{key!r}] has {len(arch[key])} entries, '
-                                     f'embed_dims has {n}')
-            return copy.deepcopy(arch)
-        raise ValueError(f'arch must be a str or dict, got {type(arch).__name__}')
+    # ------------------------------------------------------------------ parts
+    def build_stem(self, in_channels: int, out_channels: int) -> nn.Module:
+        return Stem(in_channels, out_channels)
 
-    @classmethod
-    def _resolve_clustering(cls, clustering) -> dict:
-        if isinstance(clustering, str):
-            if clustering not in cls.clustering_presets:
-                raise ValueError(f'unknown clustering preset {clustering!r}; choose one of '
-                                 f'{sorted(cls.clustering_presets)} or pass a dict')
-            return copy.deepcopy(cls.clustering_presets[clustering])
-        if isinstance(clustering, dict) and {'agents', 'base_clusterings'} <= set(clustering):
-            return copy.deepcopy(clustering)
-        raise ValueError('clustering must be a preset name or a dict with "agents" and '
-                         '"base_clusterings"')
+    def build_block(self, stage: int, index: int, block_id: int) -> nn.Module:
+        a = self.arch
+        return EnFormerBlock(a['embed_dims'][stage], a['num_heads'][stage], a['head_dim'],
+                             a['base_clusterings'][stage], a['agents'][stage],
+                             a['ffn_kernel_sizes'][stage], self.ffn_ratio,
+                             self.drop_path_rates[block_id], self.ffn_drop_path_rates[block_id],
+                             self.layer_scale_init_value, self.deploy, self.gumbel,
+                             self.clamp_agents)
 
-    # ------------------------------------------------------------------ init / weights
+    def build_downsample(self, stage: int) -> nn.Module:
+        return Downsample(self.embed_dims[stage], self.embed_dims[stage + 1])
+
+    def build_out_norm(self, stage: int) -> nn.Module:
+        dim = self.embed_dims[stage]
+        return nn.LayerNorm(dim, eps=1e-6) if self.gap_before_final_norm else LayerNorm2d(dim)
+
+    def stage_output(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        norm = getattr(self, f'post_norm{stage}')
+        return norm(x.mean((2, 3))) if self.gap_before_final_norm else norm(x)
+
     def _default_init(self) -> None:
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
@@ -287,23 +255,15 @@ class EnFormer(ClusterBackbone):
         self.deploy = True
         return self
 
-    # ------------------------------------------------------------------ forward
-    def _stage_output(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        norm = getattr(self, f'post_norm{i}')
-        return norm(x.mean((2, 3))) if self.gap_before_final_norm else norm(x)
-
 
 # --------------------------------------------------------------------------------------
-# plain-PyTorch entry points
+# plain-PyTorch classifiers (create_model names)
 # --------------------------------------------------------------------------------------
-from .factory import ClusterClassifier, register_model  # noqa: E402
-
-
 def _enformer_classifier(arch: str, num_classes: int = 1000, **kwargs) -> ClusterClassifier:
     kwargs.setdefault('drop_path_rate', 0.0)
-    backbone = EnFormer(arch=arch, clustering='classification', out_indices=(3,),
-                        gap_before_final_norm=True, **kwargs)
-    return ClusterClassifier(backbone, backbone.embed_dims[-1], num_classes)
+    kwargs.setdefault('out_indices', (3,))
+    kwargs.setdefault('gap_before_final_norm', True)
+    return ClusterClassifier(EnFormer(arch, 'classification', **kwargs), num_classes)
 
 
 @register_model

@@ -1,6 +1,6 @@
 """FEC (neural clustering, CVPR 2024) on the shared MetaFormer skeleton.
 
-Two changes to Context Clusters (``shared/spec/BASELINES.md``):
+Two changes to Context Clusters (``docs/baselines.md``):
 
 1. the mixer aggregates without similarity weights, ``g_i = (v_i + sum_{j in i} v_j) /
    (1 + |i|)`` (:class:`~enformer_core.models.context_cluster.ContextClusterMixer` with
@@ -29,11 +29,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import PublishedLayout
 from ..ops.clustering import argmax_centres, cosine_similarity, segment_aggregate
-from .context_cluster import (ContextClusterMixer, masked_adaptive_avg_pool, pad_to_multiple,
-                              partition, unfold_regions)
+from ..registry import MODELS
+from .classifier import ClusterClassifier, register_model
+from .context_cluster import (COC_CLASSIFIER_PAIRS, COC_DENSE_PAIRS, COC_LAYOUT_PAIRS,
+                              COC_SIGNATURE, ContextClusterMixer, masked_adaptive_avg_pool,
+                              pad_to_multiple, partition, unfold_regions)
 from .layers import as_list, to_2tuple
-from .metaformer import MetaFormerBackbone
+from .metaformer import MetaFormerBackbone, metaformer_classifier
 
 POOL_MODES = ('global', 'local')
 
@@ -126,6 +130,18 @@ class ClusterPooling(nn.Module):
         return pooled.transpose(1, 2).reshape(b, c, h2, w2)
 
 
+#: the official FEC checkpoints' keys <-> ours: CoC's layout plus the cluster-pooling reducer
+FEC_LAYOUT = PublishedLayout(
+    'FEC', COC_SIGNATURE,
+    [('network.{s:2n+1}.norm2.{p:any}', 'backbone.stages.{s}.downsample.norm.{p:any}'),
+     ('network.{s:2n+1}.conv_f.{p:any}', 'backbone.stages.{s}.downsample.conv_f.{p:any}'),
+     ('network.{s:2n+1}.conv_v.{p:any}', 'backbone.stages.{s}.downsample.conv_v.{p:any}'),
+     ('network.{s:2n+1}.conv_skip.{p:any}', 'backbone.stages.{s}.downsample.conv_skip.{p:any}'),
+     ] + COC_LAYOUT_PAIRS,
+    COC_CLASSIFIER_PAIRS, COC_DENSE_PAIRS)
+
+
+@MODELS.register_module()
 class FEC(MetaFormerBackbone):
     """FEC backbone (``fec_small``, ``fec_base``, ``fec_large``).
 
@@ -152,47 +168,52 @@ class FEC(MetaFormerBackbone):
                       mlp_ratios=[8, 8, 4, 4], num_heads=[6, 6, 12, 12], head_dim=32),
     }
     arch_aliases = {'s': 'small', 'b': 'base', 'l': 'large'}
-    arch_keys = MetaFormerBackbone.arch_keys + ('num_heads', 'head_dim')
-
     clustering_presets = {
         'classification': dict(proposal=[4, 4, 2, 2], fold=[1, 1, 1, 1], pool_fold=1),
         'segmentation': dict(proposal=[10, 10, 5, 5], fold=[1, 1, 1, 1], pool_fold=1),
         'detection': dict(proposal=[7, 7, 7, 7], fold=[2, 2, 1, 1], pool_fold=2),
     }
+    arch_keys = MetaFormerBackbone.arch_keys + ('proposal', 'fold')
+    per_stage_keys = MetaFormerBackbone.per_stage_keys + ('proposal', 'fold')
+    published_layout = FEC_LAYOUT
 
     def __init__(self, arch: Union[str, dict] = 'small',
                  clustering: Union[str, dict] = 'classification',
                  proposal=None, fold=None, pool_mode: str = 'global', pool_fold=None,
                  pool_window: int = 3, use_scatter: Optional[bool] = None, **kwargs):
-        arch = self.resolve_arch(arch)
-        n = len(arch['embed_dims'])
-        if isinstance(clustering, str):
-            if clustering not in self.clustering_presets:
-                raise ValueError(f'unknown FEC clustering preset {clustering!r}; choose one of '
-                                 f'{sorted(self.clustering_presets)} or pass a dict')
-            preset = dict(self.clustering_presets[clustering])
-        elif isinstance(clustering, dict) and {'proposal', 'fold'} <= set(clustering):
-            preset = dict(dict(pool_fold=1), **clustering)
-        else:
-            raise ValueError('FEC clustering must be a preset name or a dict with "proposal" '
-                             'and "fold"')
         if pool_mode not in POOL_MODES:
             raise ValueError(f'unknown FEC pool_mode {pool_mode!r}; choose one of {POOL_MODES}')
-        arch['proposal'] = as_list(preset['proposal'] if proposal is None else proposal, n,
-                                   'proposal')
-        arch['fold'] = as_list(preset['fold'] if fold is None else fold, n, 'fold')
-        arch['pool_fold'] = as_list(preset['pool_fold'] if pool_fold is None else pool_fold,
-                                    n - 1, 'pool_fold')
-        arch.update(pool_mode=pool_mode, pool_window=pool_window, use_scatter=use_scatter)
-        super().__init__(arch=arch, **kwargs)
+        super().__init__(arch, clustering, overrides=dict(proposal=proposal, fold=fold,
+                                                          pool_fold=pool_fold), **kwargs)
+        self.arch['pool_fold'] = as_list(self.arch.get('pool_fold', 1), self.num_stages - 1,
+                                         'pool_fold')
+        self.pool_mode = pool_mode
+        self.pool_window = pool_window
+        self.use_scatter = use_scatter
+        self.build()
 
     def build_mixer(self, stage: int, index: int) -> nn.Module:
         a = self.arch
         return ContextClusterMixer(a['embed_dims'][stage], a['num_heads'][stage], a['head_dim'],
                                    a['proposal'][stage], a['fold'][stage], weighted=False,
-                                   use_scatter=a['use_scatter'])
+                                   use_scatter=self.use_scatter)
 
     def build_downsample(self, stage: int) -> nn.Module:
-        a = self.arch
-        return ClusterPooling(a['embed_dims'][stage], a['embed_dims'][stage + 1], a['pool_mode'],
-                              a['pool_fold'][stage], a['pool_window'], a['use_scatter'])
+        return ClusterPooling(self.embed_dims[stage], self.embed_dims[stage + 1],
+                              self.pool_mode, self.arch['pool_fold'][stage], self.pool_window,
+                              self.use_scatter)
+
+
+@register_model
+def fec_small(**kwargs) -> ClusterClassifier:
+    return metaformer_classifier(FEC, 'small', **kwargs)
+
+
+@register_model
+def fec_base(**kwargs) -> ClusterClassifier:
+    return metaformer_classifier(FEC, 'base', **kwargs)
+
+
+@register_model
+def fec_large(**kwargs) -> ClusterClassifier:
+    return metaformer_classifier(FEC, 'large', **kwargs)

@@ -196,8 +196,8 @@ class ReparamDWConv(nn.Module):
 class CoordinateGrid:
     """Cached coordinate channels appended to the image (the backbones' only position signal).
 
-    ``mode='enformer'``: ``y_i = (i - 0.5)/(H - 1)`` (ARCHITECTURE.md §1);
-    ``mode='centered'``: ``y_i = i/(H - 1) - 0.5`` (Context Clusters / FEC, BASELINES.md).
+    ``mode='enformer'``: ``y_i = (i - 0.5)/(H - 1)`` (as published, ``docs/architecture.md``);
+    ``mode='centered'``: ``y_i = i/(H - 1) - 0.5`` (Context Clusters / FEC, as published).
     The grid is built on the input's device and dtype and cached per (H, W, device, dtype).
     """
 
@@ -251,10 +251,6 @@ def to_2tuple(v) -> Tuple[int, int]:
     if len(v) != 2:
         raise ValueError(f'expected an int or a pair, got {v}')
     return (int(v[0]), int(v[1]))
-
-
-def linspace_list(rate: float, n: int) -> List[float]:
-    return [float(x) for x in torch.linspace(0, rate, n)] if n > 0 else []
 
 
 def as_list(v, n: int, name: str) -> list:

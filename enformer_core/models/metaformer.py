@@ -1,27 +1,26 @@
 """The pre-norm MetaFormer skeleton shared by the clustering baselines.
 
 Context Clusters (CoC), FEC and ClusterFormer differ only in their token mixer and (FEC) in the
-reducer between stages; everything else lives here once (``shared/spec/BASELINES.md``)::
+reducer between stages; everything else lives here once (``docs/baselines.md``)::
 
     image (3) + centred coordinates (2) -> Conv4x4 s4 -> [stage i: blocks -> reducer] x 4
     block:  x + DropPath(ls1 * Mixer(GN(x)))  ->  x + DropPath(ls2 * MLP(GN(x)))
     MLP:    Linear(C, rC) -> GELU -> Linear(rC, C), channels-last
     output: GN_i(x) per requested stage; classification returns mean_hw(GN_3(x)) (B, C)
 
-A subclass provides ``arch_settings`` and two hooks, :meth:`MetaFormerBackbone.build_mixer`
-and :meth:`MetaFormerBackbone.build_downsample`.  Blocks work on channels-first maps.
+A family provides ``arch_settings`` and :meth:`MetaFormerBackbone.build_mixer` (FEC also
+``build_downsample``).  Blocks work on channels-first maps.
 """
 from __future__ import annotations
 
-import copy
-from typing import Dict, Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
 
-from .base import ClusterBackbone
-from .layers import CoordinateGrid, DropPath
+from .backbone import ClusterBackbone
+from .classifier import ClusterClassifier
+from .layers import DropPath
 
 
 class Mlp(nn.Module):
@@ -65,127 +64,49 @@ class ConvDownsample(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2)
 
 
-class MetaFormerStage(nn.Module):
-    def __init__(self, blocks, downsample: Optional[nn.Module]):
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-        self.downsample = downsample
-        self.with_cp = False
-
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            if self.with_cp and self.training and x.requires_grad:
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
-
-
 class MetaFormerBackbone(ClusterBackbone):
-    """Base class of the CoC / FEC / ClusterFormer backbones (mmpretrain-style).
+    """Base class of the CoC / FEC / ClusterFormer backbones (shared options in
+    :class:`~enformer_core.models.backbone.ClusterBackbone`).
 
-    Args:
-        arch: a name of ``arch_settings`` (or an alias) or a dict with at least
-            ``embed_dims``, ``depths`` and ``mlp_ratios`` plus the subclass's keys.
-        in_channels: image channels (the two coordinate channels are appended inside).
-        out_indices: stages whose outputs are returned (negative counts from the end).
-        frozen_stages: ``-1`` freezes nothing, ``0`` the stem, ``i >= 1`` the stem and
-            stages ``0 .. i-1`` with their reducers.
-        norm_eval: put BatchNorm layers in eval mode while training.  The baselines only
-            use GroupNorm (no running statistics), so this is accepted for config
-            compatibility with the toolboxes and has nothing to freeze.
-        with_cp: gradient checkpointing of every block.
-        drop_path_rate: stochastic depth, ``linspace(0, rate, total_blocks)``.
-        layer_scale_init_value: initial per-channel layer scale (published 1e-5).
-        pooled_output: ``True`` returns ``mean_hw(GN_i(x))`` of shape ``(B, C_i)`` per
-            requested stage (classification: ``ImageClassifier(neck=None)`` works);
-            ``False`` returns the ``GN_i(x)`` maps (dense tasks).
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH, prefix='backbone.')`` loads
-            our layout or the published one (converted on the fly) and logs unmatched keys.
+    A family adds its ``arch_settings`` and its mixer (``build_mixer``), and FEC its reducer
+    (``build_downsample``).  ``layer_scale_init_value`` is the published 1e-5.  ``norm_eval``
+    is accepted for the toolboxes' configs; the baselines have only GroupNorms, so there is
+    nothing for it to freeze.  With ``gap_before_final_norm`` the output is
+    ``mean_hw(GN_i(x))`` (the published classifier normalises, then pools).
     """
 
-    arch_settings: Dict[str, dict] = {}
-    arch_aliases: Dict[str, str] = {}
-    #: keys a custom arch dict must have (subclasses extend)
-    arch_keys = ('embed_dims', 'depths', 'mlp_ratios')
-    #: stride 32 needs at least one pixel in the last stage
-    min_input_size = 32
+    arch_keys = ('embed_dims', 'depths', 'mlp_ratios', 'num_heads', 'head_dim')
+    per_stage_keys = ('depths', 'mlp_ratios', 'num_heads')
+    coordinate_mode = 'centered'
 
-    def __init__(self, arch: Union[str, dict],
-                 in_channels: int = 3,
-                 out_indices: Sequence[int] = (3,),
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 with_cp: bool = False,
-                 drop_path_rate: float = 0.0,
-                 layer_scale_init_value: float = 1e-5,
-                 pooled_output: bool = True,
-                 init_cfg: Optional[dict] = None):
-        super().__init__(init_cfg=init_cfg)
-        self.arch = arch if isinstance(arch, dict) and arch.get('_resolved') else \
-            self.resolve_arch(arch)
-        dims = list(self.arch['embed_dims'])
-        depths = list(self.arch['depths'])
-        self.embed_dims = dims
-        self.num_stages = len(dims)
-        self.in_channels = in_channels
-        self._set_stage_options(out_indices, frozen_stages)
-        self.norm_eval = norm_eval
-        self.pooled_output = pooled_output
+    def __init__(self, arch: Union[str, dict], clustering=None,
+                 layer_scale_init_value: float = 1e-5, **kwargs):
+        super().__init__(arch, clustering, **kwargs)
+        self.layer_scale_init_value = layer_scale_init_value
 
-        self.coords = CoordinateGrid('centered')
-        self.stem = nn.Conv2d(in_channels + 2, dims[0], kernel_size=4, stride=4)
-        total = sum(depths)  # linear over all blocks, rate * k / (L - 1); plain floats so
-        dpr = [drop_path_rate * k / max(total - 1, 1) for k in range(total)]  # meta init works
-        self.stages = nn.ModuleList()
-        k = 0
-        for i in range(self.num_stages):
-            blocks = [MetaFormerBlock(dims[i], self.build_mixer(i, j), self.arch['mlp_ratios'][i],
-                                      dpr[k + j], layer_scale_init_value)
-                      for j in range(depths[i])]
-            k += depths[i]
-            down = self.build_downsample(i) if i < self.num_stages - 1 else None
-            self.stages.append(MetaFormerStage(blocks, down))
-        for i in self.out_indices:
-            self.add_module(f'post_norm{i}', nn.GroupNorm(1, dims[i]))
-        self.with_cp = with_cp
-        self._default_init()
-        self._freeze_stages()
-
-    # ------------------------------------------------------------------ subclass hooks
     def build_mixer(self, stage: int, index: int) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ parts
+    def build_stem(self, in_channels: int, out_channels: int) -> nn.Module:
+        return nn.Conv2d(in_channels, out_channels, kernel_size=4, stride=4)
+
+    def build_block(self, stage: int, index: int, block_id: int) -> nn.Module:
+        return MetaFormerBlock(self.embed_dims[stage], self.build_mixer(stage, index),
+                               self.arch['mlp_ratios'][stage], self.drop_path_rates[block_id],
+                               self.layer_scale_init_value)
+
     def build_downsample(self, stage: int) -> nn.Module:
-        """Reducer after ``stage``; default: the skeleton's Conv3x3 s2 p1."""
+        """The skeleton's reducer: Conv3x3 s2 p1."""
         return ConvDownsample(self.embed_dims[stage], self.embed_dims[stage + 1])
 
-    # ------------------------------------------------------------------ configuration
-    @classmethod
-    def resolve_arch(cls, arch: Union[str, dict]) -> dict:
-        name = cls.__name__
-        if isinstance(arch, str):
-            key = cls.arch_aliases.get(arch.lower(), arch.lower())
-            if key not in cls.arch_settings:
-                raise ValueError(f'unknown {name} arch {arch!r}; choose one of '
-                                 f'{sorted(cls.arch_settings)} or pass a dict')
-            out = copy.deepcopy(cls.arch_settings[key])
-        elif isinstance(arch, dict):
-            missing = set(cls.arch_keys) - set(arch)
-            if missing:
-                raise ValueError(f'custom {name} arch dict is missing {sorted(missing)}')
-            out = copy.deepcopy(arch)
-        else:
-            raise ValueError(f'{name} arch must be a str or dict, got {type(arch).__name__}')
-        n = len(out['embed_dims'])
-        for key, value in out.items():
-            if isinstance(value, (list, tuple)) and len(value) != n and key != 'embed_dims':
-                raise ValueError(f'{name} arch[{key!r}] has {len(value)} entries, '
-                                 f'embed_dims has {n}')
-        out['_resolved'] = True
-        return out
+    def build_out_norm(self, stage: int) -> nn.Module:
+        return nn.GroupNorm(1, self.embed_dims[stage])
 
-    # ------------------------------------------------------------------ init / weights
+    def stage_output(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        y = getattr(self, f'post_norm{stage}')(x)
+        return y.mean((2, 3)) if self.gap_before_final_norm else y
+
     def _default_init(self) -> None:
         """Linear: trunc_normal(0.02), bias 0; convs keep PyTorch's default; alpha 1, beta 0."""
         for m in self.modules():
@@ -194,11 +115,11 @@ class MetaFormerBackbone(ClusterBackbone):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def _load_pretrained(self, checkpoint: str, prefix: str) -> None:
-        from .baseline_converters import load_baseline_pretrained
-        load_baseline_pretrained(self, checkpoint, prefix=prefix)
 
-    # ------------------------------------------------------------------ forward
-    def _stage_output(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        y = getattr(self, f'post_norm{i}')(x)
-        return y.mean((2, 3)) if self.pooled_output else y
+def metaformer_classifier(cls, arch: str, num_classes: int = 1000, **kwargs
+                          ) -> ClusterClassifier:
+    """A baseline classifier: ``cls(arch)`` pooled at its last stage + a linear head."""
+    kwargs.setdefault('drop_path_rate', 0.0)
+    kwargs.setdefault('out_indices', (3,))
+    kwargs.setdefault('gap_before_final_norm', True)
+    return ClusterClassifier(cls(arch=arch, **kwargs), num_classes)

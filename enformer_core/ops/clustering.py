@@ -5,8 +5,8 @@ lives here exactly once so that EnFormer and the baselines (Context Clusters, FE
 ClusterFormer) share the maths:
 
 * similarity:   ``cosine_similarity`` / ``gaussian_log_likelihood`` between centres and points;
-* assignment:   ``assign(sim, rule)`` turns similarities into weights ``A[m, n]`` plus the
-  per-centre normaliser;
+* assignment:   ``softmax_assign`` / ``sigmoid_assign`` / ``hard_assign`` turn similarities
+  into weights ``A[m, n]`` plus the per-centre normaliser (one function per rule);
 * aggregation:  ``aggregate`` (dense weights, batched matmul) or ``segment_aggregate`` (hard
   assignment: a segment sum, torch-scatter when installed, pure PyTorch otherwise);
 * dispatch:     ``consensus`` (soft, EnFormer) or ``gather_dispatch`` (hard, CoC/FEC).
@@ -28,9 +28,6 @@ try:  # optional accelerator for the hard-assignment segment sum
 except Exception:  # pragma: no cover - depends on the environment
     torch_scatter = None
     HAS_TORCH_SCATTER = False
-
-#: the assignment rules of the base clusterings
-RULES = ('partitional', 'fuzzy', 'possibilistic', 'probabilistic')
 
 _EPS = 1e-7  # the published normaliser epsilon of the soft rules
 
@@ -95,23 +92,29 @@ def hard_mask(sim: torch.Tensor, training: bool, gumbel: bool = True) -> torch.T
     return torch.zeros_like(sim).scatter_(1, argmax_centres(sim), 1.0)
 
 
-def assign(sim: torch.Tensor, rule: str, training: bool = False,
-           gumbel: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Turn similarities ``(b, M, N)`` into assignment weights and per-centre normalisers.
+# The assignment rules: similarities (b, M, N) -> weights A (b, M, N) and the per-centre
+# normaliser (b, M) of the centre update ``(init + A @ values) / denom``.  The base
+# clusterings differ only here (each subclass of ``BaseClustering`` calls one).
+def softmax_assign(sim: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fuzzy (and probabilistic, on log-likelihoods): ``A = softmax_m(S)``,
+    normaliser ``sum_n A + 1e-7``."""
+    a = sim.softmax(dim=1)
+    return a, a.sum(-1) + _EPS
 
-    Returns ``(A, denom)`` with ``A`` of shape ``(b, M, N)`` and ``denom`` ``(b, M)``; the
-    updated centre is ``(init + A @ values) / denom``.  The four rules differ only here.
-    """
-    if rule == 'fuzzy' or rule == 'probabilistic':
-        a = sim.softmax(dim=1)
-        return a, a.sum(-1) + _EPS
-    if rule == 'possibilistic':
-        a = torch.sigmoid(sim)
-        return a, a.sum(-1) + _EPS
-    if rule == 'partitional':
-        mask = hard_mask(sim, training, gumbel)
-        return torch.sigmoid(sim) * mask, mask.sum(-1) + 1.0
-    raise ValueError(f'unknown assignment rule {rule!r}; expected one of {RULES}')
+
+def sigmoid_assign(sim: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Possibilistic: independent memberships ``A = sigmoid(S)``, normaliser
+    ``sum_n A + 1e-7``."""
+    a = torch.sigmoid(sim)
+    return a, a.sum(-1) + _EPS
+
+
+def hard_assign(sim: torch.Tensor, training: bool = False,
+                gumbel: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Partitional: ``A = sigmoid(S) * Hm`` with ``Hm`` one-hot over centres
+    (:func:`hard_mask`), normaliser ``sum_n Hm + 1`` (the initial centre counts once)."""
+    mask = hard_mask(sim, training, gumbel)
+    return torch.sigmoid(sim) * mask, mask.sum(-1) + 1.0
 
 
 def aggregate(weights: torch.Tensor, values: torch.Tensor, init_centres: torch.Tensor,

@@ -19,7 +19,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..')))
 
 FORMS = ('train-graph', 'deploy')
 _SWEEP_FLOPS = {}
@@ -59,7 +58,7 @@ def parse_args(argv=None):
 
 
 def expand_models(specs):
-    from enformer_core.models.factory import list_models
+    from enformer_core.models import list_models
     out = []
     for s in specs:
         if s == 'all':

@@ -12,9 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from enformer_core.data.shapes_ade import MAX_CLASSES, make_shapes_ade  # noqa: E402
+from enformer_core.datasets.shapes_ade import MAX_CLASSES, make_shapes_ade  # noqa: E402
 
 
 def main(argv=None):

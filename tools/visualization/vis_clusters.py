@@ -18,7 +18,6 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..')))
 
 
 def parse_args(argv=None):
@@ -62,11 +61,17 @@ def _config_size(cfg):
 def main(argv=None):
     args = parse_args(argv)
     import numpy as np
-    from enformer_core.analysis import (collect_assignments, dense_size, load_image, load_model,
-                                        prepare_image, render_assignment_grid)
     import torch
+
+    from enformer_core.analysis import collect_assignments, load_model
+    from enformer_core.checkpoint import CheckpointError
+    from enformer_core.datasets import dense_size, load_image, prepare_image
+    from enformer_core.visualization import render_assignment_grid
     torch.manual_seed(args.seed)
-    lm = load_model(args.config, checkpoint=args.checkpoint)
+    try:
+        lm = load_model(args.config, checkpoint=args.checkpoint)
+    except CheckpointError as exc:
+        raise SystemExit(f'error: {exc}') from None
     for note in lm.notes:
         print(note)
     blocks = [int(b) if b.lstrip('-').isdigit() else b for b in args.blocks]

@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..')))
 
 
 def parse_args(argv=None):
@@ -50,24 +49,26 @@ def _grid(panels, cols, pad=4):
 
 def main(argv=None):
     args = parse_args(argv)
-    import mmcv
     import numpy as np
     import torch
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import init_default_scope
-    from mmengine.runner import load_checkpoint
     from PIL import Image
+
+    from enformer_core.checkpoint import CheckpointError, load_checkpoint
+    from enformer_core.datasets import read_image
+    from enformer_core.hub import is_url
 
     if not os.path.isfile(args.config):
         sys.exit(f'error: config {args.config!r} not found')
-    if args.checkpoint != 'none' and not os.path.isfile(args.checkpoint):
+    if args.checkpoint != 'none' and not is_url(args.checkpoint) and \
+            not os.path.isfile(args.checkpoint):
         sys.exit(f'error: checkpoint {args.checkpoint!r} not found')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    import enformer_core  # noqa: F401  (registers the backbones)
     from mmdet.registry import DATASETS, MODELS, VISUALIZERS
 
     loader_cfg = cfg.get(f'{args.split}_dataloader')
@@ -86,7 +87,10 @@ def main(argv=None):
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     if args.checkpoint != 'none':
-        load_checkpoint(model, args.checkpoint, map_location='cpu', strict=True)
+        try:
+            load_checkpoint(model, args.checkpoint, adapt=False)
+        except CheckpointError as exc:
+            sys.exit(f'error: {exc}')
     model.eval()
 
     vis = VISUALIZERS.build(dict(type='DetLocalVisualizer', name='vis_det_predictions',
@@ -102,7 +106,7 @@ def main(argv=None):
         # in the resized frame and is brought back here
         meta = sample.metainfo
         ori_h, ori_w = meta['ori_shape']
-        img = mmcv.imread(meta['img_path'], channel_order='rgb')
+        img = read_image(meta['img_path'])
         gt = sample.gt_instances
         boxes = gt.bboxes.tensor if hasattr(gt.bboxes, 'tensor') else gt.bboxes
         if 'masks' in gt and (gt.masks.height, gt.masks.width) != (ori_h, ori_w):

@@ -5,5 +5,3 @@ _base_ = [
     '../_base_/schedules/imagenet_bs1024_adamw_310e.py',
     '../_base_/default_runtime.py',
 ]
-custom_imports = dict(imports=['enformer_core'], allow_failed_imports=False)
-default_scope = 'mmpretrain'

@@ -4,7 +4,7 @@
 # Same architecture as the COCO config (EnFormer-S detection variant + FPN + Mask R-CNN
 # heads); data, class count, head widths (256 -> 64 channels, 1024 -> 256 FC), proposal/sample
 # counts and schedule are scaled so that it trains on a CPU in minutes.
-_base_ = ['../mask-rcnn_enformer-s_fpn_1x_coco.py']
+_base_ = ['../enformer/mask-rcnn_enformer-s_fpn_1x_coco.py']
 
 data_root = 'data/generated/shapes_coco/'
 metainfo = dict(classes=('rectangle', 'ellipse', 'triangle'),

@@ -6,7 +6,7 @@
 # images, 6 classes; no photometric distortion (colour is part of each class), BN instead of
 # SyncBN, a larger learning rate with warm-up (no pre-training), 200 iterations.
 # Measured result and time: segmentation/README.md.
-_base_ = ['../fpn_enformer-s_8xb2-80k_ade20k-512x512.py']
+_base_ = ['../enformer/fpn_enformer-s_8xb2-80k_ade20k-512x512.py']
 
 data_root = 'data/generated/shapes_ade'
 num_classes = 6

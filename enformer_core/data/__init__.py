@@ -1,1 +1,0 @@
-"""Small datasets the project generates itself (tests and CPU demos; no downloads)."""
