@@ -18,7 +18,7 @@ DET = sorted(str(p.relative_to(ROOT)) for fam in ('coc', 'fec')
 SEG = sorted(str(p.relative_to(ROOT)) for fam in ('coc', 'fec')
              for p in (ROOT / 'segmentation' / 'configs' / fam).glob('*.py'))
 
-#: backbone parameter counts of the dense variants (shared/spec/BASELINES.md)
+#: backbone parameter counts of the dense variants (docs/baselines.md)
 DENSE_PARAMS = {'coc-small': 14_145_048, 'coc-medium': 28_778_544, 'fec-small': 5_407_112,
                 'fec-base': 14_574_872, 'fec-large': 29_208_368}
 

@@ -13,7 +13,7 @@ from enformer_core.ops.clustering import (HAS_TORCH_SCATTER, segment_aggregate,
                                           segment_aggregate_reference)
 from enformer_core.analysis import count_params
 
-# ---------------------------------------------------------------- parameter counts (spec)
+# ---------------------------------------------------------------- parameter counts (published)
 CLS_PARAMS = {'coc_tiny': 5_570_584, 'coc_tiny_plain': 5_570_584, 'coc_small': 14_657_024,
               'coc_medium': 29_290_520, 'fec_small': 5_727_528, 'fec_base': 15_086_848,
               'fec_large': 29_720_344}
@@ -56,7 +56,7 @@ def test_clusterformer_params_near_paper(name, paper):
 
 # ---------------------------------------------------------------- FLOPs (fvcore conventions)
 @pytest.mark.parametrize('name,gflops', [('coc_tiny', 1.103), ('fec_small', 1.366)])
-def test_flops_match_spec(name, gflops):
+def test_flops_match_published(name, gflops):
     from mmengine.analysis import FlopAnalyzer
     model = create_model(name, use_scatter=False).eval()
     fa = FlopAnalyzer(model, torch.randn(1, 3, 224, 224))
@@ -166,7 +166,7 @@ def test_scatter_and_pure_paths_equal(weighted):
 
 
 def published_mixer(mix: ContextClusterMixer, x: torch.Tensor) -> torch.Tensor:
-    """The published broadcast computation (divisible sizes only), written from the spec."""
+    """The published broadcast computation (divisible sizes only), written from docs/baselines.md."""
     b, _, h, w = x.shape
     e, d = mix.num_heads, mix.head_dim
     fh, fw = mix.fold

@@ -11,7 +11,7 @@ CONFIGS = sorted(p for p in (ROOT / 'classification' / 'configs').rglob('*.py')
                  if '_base_' not in p.parts)
 IN1K = {a: ROOT / f'classification/configs/enformer/enformer-{a}_8xb128_in1k.py'
         for a in 'sbl'}
-#: params as trained, 1000-class head (shared/spec/ARCHITECTURE.md section 9)
+#: params as trained, 1000-class head (docs/architecture.md, "Numbers")
 PARAMS = {'s': 8_531_184, 'b': 15_636_184, 'l': 31_180_868}
 
 

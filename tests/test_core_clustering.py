@@ -125,7 +125,7 @@ def test_pool_tokens_is_adaptive_average_pooling(size, grid):
 
 
 def _reference_ensemble(mixer: EnsembleClustering, x: torch.Tensor) -> torch.Tensor:
-    """The mixer written plainly from ARCHITECTURE.md 5 (per-chunk head folding, NCHW pooling,
+    """The mixer written plainly from docs/architecture.md (per-chunk head folding, NCHW pooling,
     F.normalize, F.interpolate), evaluation mode: the fast path must compute the same."""
     b, hh, ww, _ = x.shape
     h, d = mixer.num_heads, mixer.head_dim

@@ -8,7 +8,7 @@ from enformer_core.models import EnFormer
 from enformer_core.models.layers import ReparamDWConv
 from enformer_core.analysis import count_params
 
-# ARCHITECTURE.md §9: (params as trained, after reparameterize, paper "M" = fused / 2**20,
+# docs/architecture.md, "Numbers": (params as trained, after reparameterize, paper "M" = fused / 2**20,
 # fvcore GMACs at 224^2)
 PUBLISHED = {
     's': (8_531_184, 8_506_224, 8.11, 1.137),

@@ -1,5 +1,5 @@
 """Detection configs and detectors: every config builds with the published recipe, S/B/L
-Mask R-CNN run loss + predict, backbone sizes match the spec, the preprocessor pads to 32,
+Mask R-CNN run loss + predict, backbone sizes match the published ones, the preprocessor pads to 32,
 and an ImageNet (classification) checkpoint loads into the detector with a clear report."""
 from pathlib import Path
 
@@ -11,10 +11,10 @@ CONFIGS = {a: f'detection/configs/enformer/mask-rcnn_enformer-{a}_fpn_1x_coco.py
 DEMO_CONFIG = 'detection/configs/demo/mask-rcnn_enformer-s_fpn_shapes-demo.py'
 DIMS = {'s': [40, 80, 160, 320], 'b': [64, 128, 320, 512], 'l': [64, 128, 320, 512]}
 #: measured backbone sizes of the detection variants (EnFormer(clustering='detection',
-#: out_indices=(0,1,2,3), gap_before_final_norm=False)); spec section 9 says 8.23/15.13/30.69 M
+#: out_indices=(0,1,2,3), gap_before_final_norm=False)); published: 8.23/15.13/30.69 M
 BACKBONE_PARAMS = {'s': 8_226_288, 'b': 15_134_400, 'l': 30_688_752}
 SPEC_BACKBONE_M = {'s': 8.23, 'b': 15.13, 'l': 30.69}
-#: measured whole Mask R-CNN (80 COCO classes, as trained). The spec's 28.2/35.0/50.3 M are
+#: measured whole Mask R-CNN (80 COCO classes, as trained). The published 28.2/35.0/50.3 M are
 #: not reproduced by any counting convention we tried (see detection/README.md)
 DETECTOR_PARAMS = {'s': 28_285_152, 'b': 35_301_808, 'l': 50_856_160}
 

@@ -11,7 +11,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / 'segmentation' / 'configs'
 ADE = {a: CONFIG_DIR / 'enformer' / f'fpn_enformer-{a}_8xb2-80k_ade20k-512x512.py' for a in 'sbl'}
 DEMO = CONFIG_DIR / 'demo' / 'fpn_enformer-s_shapes-demo.py'
 
-# spec section 9: dense segmentation backbones 8.23 / 15.14 / 30.69 M (1e6 units, trained
+# published: dense segmentation backbones 8.23 / 15.14 / 30.69 M (1e6 units, trained
 # graph); published Semantic FPN (150 classes) 12.3 / 19.3 / 34.6 M, which matches the model
 # with the backbone re-parameterised (12.36 / 19.32 / 34.60 M).  Exact counts measured here.
 BACKBONE_PARAMS = {'s': (8_229_456, 8.23), 'b': (15_136_512, 15.14), 'l': (30_692_800, 30.69)}
@@ -90,7 +90,7 @@ def test_published_recipe(arch, registry):
     assert tp['LoadAnnotations']['reduce_zero_label'] is True
     assert cfg.test_pipeline[1] == dict(type='Resize', scale=(2048, 512), keep_ratio=True)
     assert (cfg.val_evaluator.type, cfg.val_evaluator.iou_metrics) == ('IoUMetric', ['mIoU'])
-    # sizes: exact counts, and the spec's rounded numbers
+    # sizes: exact counts, and the published rounded numbers
     model = _ade_model(arch)
     n_bb, n = _n(model.backbone), _n(model)
     assert (n_bb, round(n_bb / 1e6, 2)) == BACKBONE_PARAMS[arch]

@@ -1,4 +1,4 @@
-"""tools/analysis/get_flops.py: parameters (true + paper convention) and FLOPs vs the spec."""
+"""tools/analysis/get_flops.py: parameters (true + paper convention) and FLOPs vs the published numbers."""
 import json
 
 import pytest
@@ -7,14 +7,14 @@ from enformer_core.analysis import complexity, load_model
 
 
 
-def test_get_flops_enformer_s_matches_spec(load_tool, tmp_path, capsys):
+def test_get_flops_enformer_s_matches_published(load_tool, tmp_path, capsys):
     out = tmp_path / 'flops.json'
     load_tool('tools/analysis/get_flops.py').main(['enformer_s', '--json', str(out)])
     text = capsys.readouterr().out
     assert '2^20' in text and 'stages.2' in text
     (info,) = json.loads(out.read_text())
     assert info['shape'] == [224, 224]
-    assert abs(info['gflops'] - 1.137) / 1.137 < 0.01            # spec §9
+    assert abs(info['gflops'] - 1.137) / 1.137 < 0.01            # published
     assert info['params'] == 8_531_184
     assert info['params_deploy'] == 8_506_224
     assert round(info['params_paper_mi'], 2) == 8.11                # published "8.1M"
@@ -29,7 +29,7 @@ def test_count_extra_adds_the_clustering_ops():
     info = complexity(load_model('enformer_s'), (64, 64), count_extra=True)
     assert info['flops_with_extra'] > info['flops']
     assert 'baddbmm' in info['extra_by_operator']
-    # baddbmm is the consensus matmul: a small share, as spec §9 says (+0.5 % at 224)
+    # baddbmm is the consensus matmul: a small share, as published (+0.5 % at 224)
     assert info['extra_by_operator']['baddbmm'] < 0.02 * info['flops']
 
 

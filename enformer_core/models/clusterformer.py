@@ -92,7 +92,8 @@ class RecurrentClusteringMixer(nn.Module):
     def _merge(self, x: torch.Tensor, b: int) -> torch.Tensor:
         """``(B*heads, L, d) -> (B, L, C)``."""
         n = x.shape[1]
-        return x.view(b, self.num_heads, n, self.head_dim).transpose(1, 2).reshape(b, n, -1)
+        return x.view(b, self.num_heads, n, self.head_dim).transpose(1, 2).reshape(
+            b, n, self.num_heads * self.head_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -246,8 +246,9 @@ class EnsembleClustering(nn.Module):
 
         One copy for all of them (chunk-major; inside a chunk channel = head*d + j).
         """
-        b, n, _ = tokens.shape
-        t = tokens.view(b, n, -1, self.num_heads, self.head_dim)[:, :, first:first + count]
+        b, n, width = tokens.shape
+        chunks = width // self.inner_dim  # explicit, not -1: a batch of 0 images has no size
+        t = tokens.view(b, n, chunks, self.num_heads, self.head_dim)[:, :, first:first + count]
         t = t.permute(2, 0, 3, 1, 4).reshape(count, b * self.num_heads, n, self.head_dim)
         return list(t.unbind(0))
 
