@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: install demo test check-env clean-venv
+.PHONY: install demo test test-fast check-env clean-venv
 
 install:
 	bash tools/setup_env.sh
@@ -13,6 +13,10 @@ demo: install
 
 test: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest tests -q -p no:randomly --durations=15
+
+# day-to-day: everything but the end-to-end runs (marked slow), under 2 minutes
+test-fast: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest tests -q -p no:randomly -m "not slow"
 
 check-env: install
 	$(PY) tools/check_env.py

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from enformer_core import CheckpointError, create_model, load_checkpoint
-from enformer_core.convert import convert_state
+from enformer_core.checkpoint.convert import convert_state
 from enformer_core.models import FEC, ContextCluster
 from enformer_core.models.context_cluster import COC_LAYOUT
 from enformer_core.models.fec import FEC_LAYOUT

@@ -112,6 +112,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_train_two_iterations_then_evaluate(tiny, trained, tmp_path, capsys):
     state = torch.load(trained, map_location='cpu', weights_only=True)
     assert state['meta']['iter'] == 2
@@ -130,6 +131,7 @@ def test_train_two_iterations_then_evaluate(tiny, trained, tmp_path, capsys):
     assert 'metrics: {"accuracy/top1"' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_iteration(tiny):
     work = tiny['root'] / 'resume'
     first = train_tool.main([tiny['resume_cfg'], '--work-dir', str(work)])
@@ -149,6 +151,7 @@ def test_resume_continues_from_the_saved_iteration(tiny):
     assert again.iter == 5
 
 
+@pytest.mark.slow
 def test_dist_train_two_cpu_processes(tiny, tmp_path):
     work = tmp_path / 'dist'
     proc = subprocess.run(
@@ -164,6 +167,7 @@ def test_dist_train_two_cpu_processes(tiny, tmp_path):
     assert 'Distributed training: True' in log
 
 
+@pytest.mark.slow
 def test_mim_test_evaluates_a_checkpoint(tiny, trained, tmp_path):
     mim = Path(sys.executable).parent / 'mim'
     assert mim.is_file(), 'openmim is missing from the environment (tools/setup_env.sh)'
@@ -203,6 +207,7 @@ def test_config_without_custom_imports(tmp_path, capsys):
     assert "custom_imports = dict(imports=['enformer_core'], allow_failed_imports=False)" in err
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_variant(tiny, trained, tmp_path):
     with pytest.raises(train_tool.LaunchError) as err:
         test_tool.main([tiny['cfg'], trained, '--work-dir', str(tmp_path), '--cfg-options',

@@ -13,6 +13,8 @@ from enformer_core.datasets.shapes_coco import make_shapes_coco
 DEMO_CONFIG = 'detection/configs/demo/mask-rcnn_enformer-s_fpn_shapes-demo.py'
 ITERS = 8
 
+pytestmark = pytest.mark.slow  # end-to-end training runs
+
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, repo_root):

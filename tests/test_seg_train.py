@@ -12,7 +12,7 @@ import pytest
 import torch
 
 
-pytestmark = pytest.mark.usefixtures('one_thread')
+pytestmark = [pytest.mark.usefixtures('one_thread'), pytest.mark.slow]  # end-to-end runs
 
 
 ROOT = Path(__file__).resolve().parents[1]

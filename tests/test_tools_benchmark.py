@@ -1,8 +1,10 @@
 """tools/analysis/benchmark.py: 2-iteration CPU smoke."""
 import json
 
+import pytest
 
 
+@pytest.mark.slow
 def test_benchmark_smoke_writes_json_and_markdown(load_tool, tmp_path, capsys):
     out = tmp_path / 'bench.json'
     load_tool('tools/analysis/benchmark.py').main(

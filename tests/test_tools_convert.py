@@ -2,7 +2,7 @@
 import torch
 
 from enformer_core import create_model, load_checkpoint
-from enformer_core.convert import convert_state
+from enformer_core.checkpoint.convert import convert_state
 from enformer_core.models import EnFormer
 from enformer_core.models.enformer import ENFORMER_LAYOUT
 

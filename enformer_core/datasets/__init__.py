@@ -19,8 +19,9 @@ install.
 """
 import importlib
 
-from .idx import read_idx, read_idx_item, write_idx
-from .images import dense_size, list_images, load_image, prepare_image, read_image
+from .idx import read_idx, read_idx_item, write_idx  # noqa: F401
+from .images import (dense_size, list_images, load_image, prepare_image,  # noqa: F401
+                     read_image)
 
 _OPTIONAL = {
     'fashion_mnist': ('FashionMNISTIdx', 'FASHION_MNIST_CLASSES'),

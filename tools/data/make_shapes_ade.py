@@ -8,12 +8,9 @@ Writes OUT/images/{training,validation}/*.jpg, OUT/annotations/{training,validat
 (0 = background, ignored with reduce_zero_label; 1..K = classes), OUT/meta.json, OUT/preview.png.
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
-
-from enformer_core.datasets.shapes_ade import MAX_CLASSES, make_shapes_ade  # noqa: E402
+from enformer_core.datasets.shapes_ade import MAX_CLASSES, make_shapes_ade
 
 
 def main(argv=None):

@@ -7,12 +7,9 @@
 Writes OUT/{train,val}/*.png, OUT/annotations/instances_{train,val}.json and OUT/preview.png.
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
-
-from enformer_core.datasets.shapes_coco import CLASSES, make_shapes_coco  # noqa: E402
+from enformer_core.datasets.shapes_coco import CLASSES, make_shapes_coco
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@ to the mmpretrain/OpenMMLab layout of enformer_core, or back with ``--reverse``.
 
 Options (shared by every converter): --reverse, --backbone-only, --check MODEL, --strict.
 """
-from enformer_core.convert import main
+from enformer_core.checkpoint.convert import main
 
 if __name__ == '__main__':
     main('enformer', description=__doc__)

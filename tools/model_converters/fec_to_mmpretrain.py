@@ -6,7 +6,7 @@ back with ``--reverse`` (CoC's layout plus the cluster-pooling reducers).
 
 Options (shared by every converter): --reverse, --backbone-only, --check MODEL, --strict.
 """
-from enformer_core.convert import main
+from enformer_core.checkpoint.convert import main
 
 if __name__ == '__main__':
     main('fec', description=__doc__)

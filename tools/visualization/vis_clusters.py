@@ -16,7 +16,6 @@ pixels; maps are upsampled (nearest) to the image.  Eval mode: deterministic.
 """
 import argparse
 import os
-import sys
 
 
 

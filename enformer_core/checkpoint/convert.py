@@ -21,11 +21,11 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .checkpoint import CheckpointError, PublishedLayout, load_checkpoint, read_state_dict
-from .models import create_model
-from .models.context_cluster import COC_LAYOUT
-from .models.enformer import ENFORMER_LAYOUT
-from .models.fec import FEC_LAYOUT
+from . import CheckpointError, PublishedLayout, load_checkpoint, read_state_dict
+from ..models import create_model
+from ..models.context_cluster import COC_LAYOUT
+from ..models.enformer import ENFORMER_LAYOUT
+from ..models.fec import FEC_LAYOUT
 
 #: converter family -> (layout, an example create_model name)
 FAMILIES: Dict[str, tuple] = {'enformer': (ENFORMER_LAYOUT, 'enformer_s'),
