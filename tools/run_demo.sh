@@ -24,7 +24,7 @@ for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte 
     if [ ! -f "$DATA/$f.gz" ] && [ ! -f "$DATA/$f" ]; then
         echo "ERROR: Fashion-MNIST is missing ($DATA/$f.gz). Install it with" >&2
         echo "    sudo apt-get install dataset-fashion-mnist" >&2
-        echo "(see classification/README.md, section \"Demo: Fashion-MNIST\")." >&2
+        echo "(see docs/demo.md)." >&2
         exit 2
     fi
 done

@@ -58,8 +58,7 @@ class FashionMNISTIdx(BaseDataset):
         raise FileNotFoundError(
             f'Fashion-MNIST file {stem}[.gz] not found in {self.data_root!r}. Install the Debian '
             f'package (apt-get install dataset-fashion-mnist, files under '
-            f'/usr/share/datasets/fashion-mnist/) or set data_root; see classification/README.md, '
-            f'section "Demo: Fashion-MNIST".')
+            f'/usr/share/datasets/fashion-mnist/) or set data_root; see docs/demo.md.')
 
     def load_data_list(self):
         if not os.path.isdir(self.data_root):
