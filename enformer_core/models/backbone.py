@@ -125,6 +125,13 @@ class ClusterBackbone(BaseModule):
         self._with_cp = with_cp
 
     @property
+    def feature_info(self) -> List[dict]:
+        """timm's ``feature_info``: one ``dict(num_chs, reduction, module)`` per returned stage
+        (strides 4/8/16/32; ``module``: the output norm the map comes out of)."""
+        return [dict(num_chs=self.embed_dims[i], reduction=4 * 2 ** i, module=f'post_norm{i}')
+                for i in sorted(set(self.out_indices))]
+
+    @property
     def clustering_cfg(self) -> dict:
         """The clustering entries of the resolved arch (those the presets set)."""
         keys = {k for preset in self.clustering_presets.values() for k in preset}
