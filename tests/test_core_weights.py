@@ -3,9 +3,11 @@
 GitHub release, downloaded into a temporary TORCH_HOME, converted and loaded strictly.
 Nothing here reaches the internet."""
 import dataclasses
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
@@ -67,11 +69,12 @@ def _same_outputs(a, b, size=64):
 
 
 def test_pretrained_true_downloads_converts_loads_and_then_uses_the_cache(
-        hub, release, source, monkeypatch, capsys):
+        hub, release, source, monkeypatch):
     url = release.url('enformer_small.pth.tar')
     _point_table_at(monkeypatch, 'enformer_s', url)
-    model = create_model('enformer_s', pretrained=True)
-    err = capsys.readouterr().err
+    with redirect_stderr(io.StringIO()) as log:  # (not capsys: loggers keep the stream)
+        model = create_model('enformer_s', pretrained=True)
+    err = log.getvalue()
     assert 'downloading enformer_small.pth.tar' in err          # progress on stderr
     assert (hub / 'enformer_small.pth.tar').is_file()
     assert not [p for p in hub.iterdir() if p.name.startswith('.download-')]

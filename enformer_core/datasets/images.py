@@ -33,7 +33,10 @@ def read_image(path: str) -> np.ndarray:
     except ImportError:
         mmcv = None
     if mmcv is not None:
-        img = mmcv.imfrombytes(data, flag='color', channel_order='rgb', backend='cv2')
+        try:
+            img = mmcv.imfrombytes(data, flag='color', channel_order='rgb', backend='cv2')
+        except Exception:  # OpenCV >= 4.x: cvtColor on the failed decode raises cv2.error
+            img = None
         if img is None:
             raise ValueError(f'{path} is not an image OpenCV can decode')
         return np.ascontiguousarray(img)
