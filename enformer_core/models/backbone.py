@@ -297,7 +297,9 @@ class ClusterBackbone(BaseModule):
         wanted = set(self.out_indices if indices is None else indices)
         if not wanted:
             return []
-        x = self.stem(self.coords(x))
+        # channels-last blocks: the whole backbone runs in channels-last memory, so the
+        # (B, C, H, W) <-> (B, H, W, C) permutes around blocks and LayerNorm2d are views
+        x = self.stem(self.coords(x, channels_last=self.channels_last_blocks))
         maps = []
         for i, stage in enumerate(self.stages):
             x = stage.forward_blocks(x)

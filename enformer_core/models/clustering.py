@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import clustering as ops
+from ..ops import fused
 from .layers import LayerScaleLinear, to_2tuple
 
 CLUSTERINGS: Dict[str, Type['BaseClustering']] = {}
@@ -37,6 +38,20 @@ CLUSTERINGS: Dict[str, Type['BaseClustering']] = {}
 def register_clustering(cls):
     CLUSTERINGS[cls.__name__] = cls
     return cls
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The clustering maths runs in float32 for bf16/fp16 models (softmax, argmax and the
+    normalisers over thousands of points): cheaper on CPU than bf16's small-tensor kernels,
+    and closer to the fp32 model."""
+    return torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+
+
+def contiguous_as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as a contiguous tensor of ``dtype``: one copy (and cast) at most."""
+    if x.dtype == dtype:
+        return x.contiguous()
+    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)
 
 
 def pool_tokens(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -48,7 +63,8 @@ def pool_tokens(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     b, hh, ww, c = x.shape
     if (hh, ww) == tuple(size):
         return x.reshape(b, hh * ww, c)
-    y = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), size)  # a channels-last view in and out
+    # a channels-last view in and out; under autograd the pooled map is not kept for backward
+    y = fused.adaptive_avg_pool_nchw(x.permute(0, 3, 1, 2), tuple(size))
     return y.permute(0, 2, 3, 1).reshape(b, size[0] * size[1], c)
 
 
@@ -122,9 +138,13 @@ class BaseClustering(nn.Module):
         :class:`EnsembleClustering`); ``key_points``/``value_points`` are the ``(b, N, d)``
         points that are clustered (agents or all pixels).
         """
-        if self.centre_bias:
-            centres = F.silu(self.key_centre_proj(centres + self.key_centre_bias))
-            init_values = F.silu(self.value_centre_proj(init_values + self.value_centre_bias))
+        if self.centre_bias:  # (parameters cast to the clustering's compute dtype)
+            centres = F.silu(F.linear(centres + self.key_centre_bias,
+                                      self.key_centre_proj.weight.to(centres.dtype),
+                                      self.key_centre_proj.bias.to(centres.dtype)))
+            init_values = F.silu(F.linear(init_values + self.value_centre_bias,
+                                          self.value_centre_proj.weight.to(centres.dtype),
+                                          self.value_centre_proj.bias.to(centres.dtype)))
         sim = self.similarity(centres, key_points)
         weights, denom = self.assign(sim)
         if self.record:
@@ -249,8 +269,8 @@ class EnsembleClustering(nn.Module):
         b, n, width = tokens.shape
         chunks = width // self.inner_dim  # explicit, not -1: a batch of 0 images has no size
         t = tokens.view(b, n, chunks, self.num_heads, self.head_dim)[:, :, first:first + count]
-        t = t.permute(2, 0, 3, 1, 4).reshape(count, b * self.num_heads, n, self.head_dim)
-        return list(t.unbind(0))
+        t = contiguous_as(t.permute(2, 0, 3, 1, 4), compute_dtype(tokens))
+        return list(t.view(count, b * self.num_heads, n, self.head_dim).unbind(0))
 
     def agent_grid(self, height: int, width: int) -> Optional[Tuple[int, int]]:
         """The agent grid used for an ``height x width`` map, ``None`` for "every pixel"."""
@@ -261,10 +281,12 @@ class EnsembleClustering(nn.Module):
         grid = (min(self.agents[0], height), min(self.agents[1], width))
         return None if grid == (height, width) else grid
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``residual + mixer(x)`` for a channels-last ``(B, H, W, C)`` map."""
         b, hh, ww, _ = x.shape
         grid = self.agent_grid(hh, ww)
-        proj = self.proj_in(x)  # (B, H, W, [P | K_1 | V_1 | K_2 | V_2 ...])
+        # (B, H, W, [P | K_1 | V_1 | K_2 | V_2 ...])
+        proj = fused.linear(x, self.proj_in.weight, self.proj_in.bias)
         # every chunk's points at once: the agents (a pooled grid) or every pixel
         points = self._fold_heads(pool_tokens(proj, grid or (hh, ww)), 0,
                                   1 + 2 * len(self.clusterings))
@@ -278,8 +300,8 @@ class EnsembleClustering(nn.Module):
         y = self.consensus(torch.cat(centres, dim=1), points[0])  # (B*heads, N', d)
         gh, gw = grid or (hh, ww)
         y = y.view(b, self.num_heads, gh, gw, self.head_dim).permute(0, 2, 3, 1, 4)
-        y = y.reshape(b, gh, gw, self.inner_dim)
+        y = contiguous_as(y, x.dtype).view(b, gh, gw, self.inner_dim)
         if grid is not None:  # dispatch: bilinear upsampling of the agents (channels-last)
             y = F.interpolate(y.permute(0, 3, 1, 2), size=(hh, ww), mode='bilinear',
                               align_corners=False).permute(0, 2, 3, 1)
-        return self.proj_out(y)
+        return self.proj_out(y, residual)

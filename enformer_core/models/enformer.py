@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import PublishedLayout
+from ..ops import fused
 from ..registry import MODELS
 from .backbone import ClusterBackbone, drop_path_schedule
 from .classifier import ClusterClassifier, register_model
@@ -66,9 +67,14 @@ class ClusterFFN(nn.Module):
         self.act = nn.SiLU()
         self.fc2 = LayerScaleLinear(ratio * dim, dim, layer_scale_init_value, deploy)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``residual + FFN(x)``: one autograd node for the two Linears and the SiLU (saves
+        the input and the pre-activation only), fused oneDNN calls in inference."""
         x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.fc2(self.act(self.fc1(x)))
+        if fused.inference(x):
+            return fused.mlp(x, self.fc1.weight, self.fc1.bias, *self.fc2.folded(), residual)
+        out = fused.linear_silu_linear(x, self.fc1.weight, self.fc1.bias, *self.fc2.folded())
+        return out if residual is None else residual + out
 
 
 class EnFormerBlock(nn.Module):
@@ -89,6 +95,10 @@ class EnFormerBlock(nn.Module):
         self.drop_path_ffn = DropPath(ffn_drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_path_mixer.p == self.drop_path_ffn.p == 0:
+            # no stochastic depth: the residual adds go into the output projections
+            x = self.mixer(fused.layer_norm(x, self.norm1), residual=x)
+            return self.ffn(fused.layer_norm(x, self.norm2), residual=x)
         x = x + self.drop_path_mixer(self.mixer(self.norm1(x)))
         return x + self.drop_path_ffn(self.ffn(self.norm2(x)))
 

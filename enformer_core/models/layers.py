@@ -1,11 +1,13 @@
 """Small building blocks shared by every backbone of the package."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..ops import fused
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -15,9 +17,7 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(num_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        return fused.layer_norm(x.permute(0, 2, 3, 1), self).permute(0, 3, 1, 2)
 
 
 class DropPath(nn.Module):
@@ -50,9 +50,17 @@ class LayerScaleLinear(nn.Module):
         self.fc = nn.Linear(in_features, out_features)
         self.gamma = None if deploy else nn.Parameter(torch.full((out_features,), init_value))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc(x)
-        return x if self.gamma is None else x * self.gamma
+    def folded(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, bias)`` with ``gamma`` folded in (recomputed each call: a tiny cost,
+        and never stale; differentiable under autograd)."""
+        if self.gamma is None:
+            return self.fc.weight, self.fc.bias
+        return self.fc.weight * self.gamma.view(-1, 1), self.fc.bias * self.gamma
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``residual + gamma * fc(x)`` as one Linear with ``gamma`` folded in (one fused
+        call in inference; under autograd nothing output-sized is saved for ``gamma``)."""
+        return fused.linear(x, *self.folded(), residual=residual)
 
     @torch.no_grad()
     def fuse(self) -> None:
@@ -150,6 +158,9 @@ class ReparamDWConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
             return self.conv(x)
+        if not self.training and fused.inference(x):  # eval: the folded kernel, one conv
+            weight, bias = self.fused_kernel()  # recomputed each call: tiny, never stale
+            return F.conv2d(x, weight, bias, 1, self.kernel_size // 2, 1, self.channels)
         out = self.bn(depthwise_conv2d(x, self.conv))
         for conv, bn in zip(self.branch_convs, self.branch_bns):
             out = out + bn(depthwise_conv2d(x, conv))
@@ -170,10 +181,8 @@ class ReparamDWConv(nn.Module):
         pad = (self.kernel_size - span) // 2
         return F.pad(dense, (pad, pad, pad, pad))
 
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if self.deploy:
-            return
+    def fused_kernel(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The eval-mode ``(weight, bias)`` of the single equivalent ``k x k`` conv."""
         zero = self.conv.weight.new_zeros(self.channels)
         weight, bias = self._fold_bn(self.conv.weight, zero, self.bn)
         for (k, d), conv, bn in zip(REPARAM_BRANCHES[self.kernel_size], self.branch_convs,
@@ -181,13 +190,19 @@ class ReparamDWConv(nn.Module):
             w_i, b_i = self._fold_bn(conv.weight, zero, bn)
             weight = weight + self._dilated_to_dense(w_i, d)
             bias = bias + b_i
-        weight, bias = self._fold_bn(weight, bias, self.bn_out)
-        fused = nn.Conv2d(self.channels, self.channels, self.kernel_size,
-                          padding=self.kernel_size // 2, groups=self.channels, bias=True,
-                          device=weight.device, dtype=weight.dtype)
-        fused.weight.copy_(weight)
-        fused.bias.copy_(bias)
-        self.conv = fused
+        return self._fold_bn(weight, bias, self.bn_out)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.deploy:
+            return
+        weight, bias = self.fused_kernel()
+        conv = nn.Conv2d(self.channels, self.channels, self.kernel_size,
+                         padding=self.kernel_size // 2, groups=self.channels, bias=True,
+                         device=weight.device, dtype=weight.dtype)
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+        self.conv = conv
         for name in ('bn', 'branch_convs', 'branch_bns', 'bn_out'):
             delattr(self, name)
         self.deploy = True
@@ -214,7 +229,9 @@ class CoordinateGrid:
         v = (i - 0.5) / denom if self.mode == 'enformer' else i / denom - 0.5
         return v.to(dtype)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """``(B, C + 2, H, W)``; ``channels_last=True`` builds it in channels-last memory
+        (one interleaving copy, which the first conv would otherwise make far more slowly)."""
         b, _, h, w = x.shape
         key = (h, w, x.device, x.dtype)
         grid = self._cache.get(key)
@@ -225,6 +242,9 @@ class CoordinateGrid:
             if len(self._cache) >= self.max_cache:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = grid
+        if channels_last:
+            coords = grid.permute(0, 2, 3, 1).expand(b, -1, -1, -1)
+            return torch.cat([x.permute(0, 2, 3, 1), coords], dim=-1).permute(0, 3, 1, 2)
         return torch.cat([x, grid.expand(b, -1, -1, -1)], dim=1)
 
 

@@ -39,9 +39,42 @@ def unit_vectors(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return x / x.pow(2).sum(-1, keepdim=True).sqrt().clamp_min(eps)
 
 
+class _CosineSimilarity(torch.autograd.Function):
+    """``unit(C) unit(P)^T`` saving only ``C``, ``P`` and their norms: the unit vectors are
+    recomputed in backward (the composed ops keep ~3 point-sized tensors per call)."""
+
+    @staticmethod
+    def forward(ctx, centres, points, eps: float):
+        rc = centres.pow(2).sum(-1, keepdim=True).sqrt_().clamp_min_(eps)
+        rp = points.pow(2).sum(-1, keepdim=True).sqrt_().clamp_min_(eps)
+        ctx.save_for_backward(centres, points, rc, rp)
+        ctx.eps = eps
+        return torch.bmm(centres / rc, (points / rp).transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        centres, points, rc, rp = ctx.saved_tensors
+        grads = []
+        for x, r, g_unit, need in (
+                (centres, rc, lambda: torch.bmm(grad, points / rp), ctx.needs_input_grad[0]),
+                (points, rp, lambda: torch.bmm(grad.transpose(1, 2), centres / rc),
+                 ctx.needs_input_grad[1])):
+            if not need:
+                grads.append(None)
+                continue
+            g, u = g_unit(), x / r
+            # d(x / max(|x|, eps)): (g - u (u.g)) / |x|, or g / eps where the norm is clamped
+            radial = (u * g).sum(-1, keepdim=True) * (r > ctx.eps)
+            grads.append((g - u * radial) / r)
+        return grads[0], grads[1], None
+
+
 def cosine_similarity(centres: torch.Tensor, points: torch.Tensor,
                       eps: float = 1e-12) -> torch.Tensor:
-    """``cos(centres[m], points[n])`` as a ``(b, M, N)`` batched matmul."""
+    """``cos(centres[m], points[n])`` as a ``(b, M, N)`` batched matmul (the values and
+    gradients of ``F.normalize`` + ``bmm``, with less saved for backward)."""
+    if torch.is_grad_enabled() and not torch.jit.is_tracing():
+        return _CosineSimilarity.apply(centres, points, eps)
     return torch.bmm(unit_vectors(centres, eps), unit_vectors(points, eps).transpose(1, 2))
 
 
@@ -53,6 +86,7 @@ def gaussian_log_likelihood(centres: torch.Tensor, points: torch.Tensor,
     expanded into matmuls so no ``(b, M, N, d)`` temporary is ever built.
     ``log_vars`` is ``(M, d)`` (shared across the folded batch).
     """
+    log_vars = log_vars.to(points.dtype)
     inv_var = torch.exp(-log_vars).unsqueeze(0)  # (1, M, d)
     pp = torch.bmm(inv_var.expand(points.shape[0], -1, -1), (points * points).transpose(1, 2))
     pc = torch.bmm(centres * inv_var, points.transpose(1, 2))

@@ -1,0 +1,193 @@
+"""Fast paths that compute the same values as the plain modules (``docs/benchmarks.md``).
+
+* :func:`linear`: ``act(x W^T + b) [+ residual]`` as one oneDNN call on CPU when no autograd
+  graph is recorded (fp32 and bf16).  PyTorch's fp32 ``F.linear`` goes to MKL's sgemm, which
+  runs its AVX2 code on AMD processors and is slow for the narrow matrices of a vision
+  backbone (K = 40..320); oneDNN uses AVX-512 there and fuses the SiLU or the residual add
+  into the matmul.  Same maths; only the summation order differs (~1e-7 relative).
+* :class:`LinearSiLULinear`: the FFN's ``fc2(silu(fc1(x)))`` as one autograd Function that
+  saves ``x`` and ``fc1(x)`` only (the SiLU output is recomputed in backward): 4C fewer
+  floats per token saved than the three modules, and oneDNN forward matmuls.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+_LINEAR = getattr(getattr(torch.ops, 'mkldnn', None), '_linear_pointwise', None)
+HAS_ONEDNN_LINEAR = _LINEAR is not None and torch.backends.mkldnn.is_available()
+_ACTS = {None: 'none', 'silu': 'swish'}
+_FAST_DTYPES = (torch.float32, torch.bfloat16)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def tracing() -> bool:
+    """TorchScript tracing (FLOP counting, export): the plain ops, which the counters know."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+def inference(x: torch.Tensor) -> bool:
+    """True when no autograd graph is being recorded (``no_grad`` / ``inference_mode``) and
+    nothing is being traced: the fused inference paths may run."""
+    return not torch.is_grad_enabled() and not tracing()
+
+
+def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    # plain tensors only: tensor subclasses (torchao's quantised weights) keep F.linear
+    return (HAS_ONEDNN_LINEAR and x.device.type == 'cpu' and x.dtype in _FAST_DTYPES
+            and weight.dtype == x.dtype and type(weight) in _PLAIN and type(x) in _PLAIN
+            and x.shape[-1] == weight.shape[1])
+
+
+def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    """``norm(x)``; bfloat16 inputs narrower than 64 channels are normalised in float32
+    (PyTorch's bf16 kernel is 2-3x slower than fp32 on such short rows)."""
+    if x.dtype == torch.bfloat16 and x.shape[-1] <= 64 and inference(x):
+        w = None if norm.weight is None else norm.weight.float()
+        b = None if norm.bias is None else norm.bias.float()
+        return F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps).to(x.dtype)
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for 2-D tensors (any strides), through oneDNN where it applies."""
+    if _onednn_ok(a, b.t()):
+        return _LINEAR(a, b.t(), None, 'none', [], '')
+    return a.mm(b)
+
+
+def weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``g^T x`` for ``g`` (M, N), ``x`` (M, K): the order whose transposed left operand
+    (which oneDNN copies) is the narrower one."""
+    if g.shape[1] <= x.shape[1]:
+        return matmul(g.t(), x)
+    return matmul(x.t(), g).t()
+
+
+class _Linear(torch.autograd.Function):
+    """``F.linear`` with oneDNN matmuls in forward and backward (same saved tensors)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        if _onednn_ok(x, weight):
+            return _LINEAR(x, weight, bias, 'none', [], '')
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1])
+        gx = matmul(g2, weight).view(x.shape) if ctx.needs_input_grad[0] else None
+        gw = weight_grad(g2, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
+        gb = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+           act: Optional[str] = None, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``act(F.linear(x, weight, bias)) + residual`` (``act``: ``None`` or ``'silu'``).
+
+    Inference: one oneDNN call with the activation or the residual add fused.  Under
+    autograd: an autograd Function with oneDNN matmuls (plain ``F.linear`` when tracing).
+    """
+    if inference(x) and _onednn_ok(x, weight):
+        if residual is not None and act is None:
+            return _LINEAR(x, residual, weight, bias, 'add')
+        out = _LINEAR(x, weight, bias, _ACTS[act], [], '')
+    elif torch.is_grad_enabled() and not tracing() and _onednn_ok(x, weight):
+        out = _Linear.apply(x, weight, bias)
+    else:
+        out = F.linear(x, weight, bias)
+        if act == 'silu':
+            out = F.silu(out, inplace=inference(x))
+    if residual is None:
+        return out
+    return out.add_(residual) if inference(x) else out + residual
+
+
+MLP_ROWS = 16384  #: token block of the inference MLP (:func:`mlp`)
+
+
+def mlp(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch.Tensor,
+        b2: Optional[torch.Tensor], residual: Optional[torch.Tensor] = None,
+        rows: Optional[int] = None) -> torch.Tensor:
+    """``residual + linear(silu(linear(x, w1, b1)), w2, b2)`` in inference.
+
+    Large maps go through in blocks of ``rows`` tokens so that the wide hidden block stays in
+    cache instead of making a round trip through memory (2x faster for EnFormer-S's first
+    stage on one core; no effect on small maps).  ``rows`` defaults to :data:`MLP_ROWS`.
+    """
+    rows = rows or MLP_ROWS
+    n = x.numel() // max(x.shape[-1], 1)
+    if not (inference(x) and _onednn_ok(x, w1)) or n <= 2 * rows:
+        return linear(linear(x, w1, b1, act='silu'), w2, b2, residual=residual)
+    flat = x.reshape(n, x.shape[-1])
+    res = None if residual is None else residual.reshape(n, w2.shape[0])
+    out = flat.new_empty(n, w2.shape[0])
+    for s in range(0, n, rows):
+        out[s:s + rows] = linear(linear(flat[s:s + rows], w1, b1, act='silu'), w2, b2,
+                                 residual=None if res is None else res[s:s + rows])
+    return out.view(*x.shape[:-1], w2.shape[0])
+
+
+class LinearSiLULinear(torch.autograd.Function):
+    """``(silu(x W1^T + b1)) W2^T + b2`` saving only ``x`` and ``z = x W1^T + b1``."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):
+        with torch.no_grad():
+            z = linear(x, w1, b1)
+            out = linear(F.silu(z), w2, b2)
+        ctx.save_for_backward(x, w1, z, w2)
+        ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w1, z, w2 = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1])
+        z2 = z.view(-1, z.shape[-1])
+        gw2 = weight_grad(g2, F.silu(z2)) if ctx.needs_input_grad[3] else None  # recomputed
+        gb2 = g2.sum(0) if ctx.has_b2 and ctx.needs_input_grad[4] else None
+        gz2 = torch.ops.aten.silu_backward(matmul(g2, w2), z2)
+        gw1 = weight_grad(gz2, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
+        gb1 = gz2.sum(0) if ctx.has_b1 and ctx.needs_input_grad[2] else None
+        gx = matmul(gz2, w1).view_as(x) if ctx.needs_input_grad[0] else None
+        return gx, gw1, gb1, gw2, gb2
+
+
+def linear_silu_linear(x, w1, b1, w2, b2):
+    """``F.linear(F.silu(F.linear(x, w1, b1)), w2, b2)``, memory-lean under autograd."""
+    if torch.is_grad_enabled() and not tracing():
+        return LinearSiLULinear.apply(x, w1, b1, w2, b2)
+    return linear(linear(x, w1, b1, act='silu'), w2, b2)
+
+
+class _AdaptiveAvgPool(torch.autograd.Function):
+    """``F.adaptive_avg_pool2d`` that keeps only the input's shape for backward (the
+    gradient of an average does not depend on the values)."""
+
+    @staticmethod
+    def forward(ctx, x, size):
+        ctx.shape, ctx.channels_last = x.shape, x.is_contiguous(
+            memory_format=torch.channels_last)
+        return F.adaptive_avg_pool2d(x, size)
+
+    @staticmethod
+    def backward(ctx, grad):
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        like = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device,
+                           memory_format=fmt)  # shape and layout only
+        return torch.ops.aten._adaptive_avg_pool2d_backward(grad.contiguous(memory_format=fmt),
+                                                            like), None
+
+
+def adaptive_avg_pool_nchw(x: torch.Tensor, size) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)``; under autograd it saves nothing of ``x``."""
+    if torch.is_grad_enabled() and not tracing():
+        return _AdaptiveAvgPool.apply(x, size)
+    return F.adaptive_avg_pool2d(x, size)
