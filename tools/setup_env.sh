@@ -58,8 +58,8 @@ mkdir -p "$WHEELS"
 # mmcv 2.1.0's setup.py forces -std=c++17 but torch >= 2.13 headers need C++20: a thin
 # compiler wrapper appends -std=c++20 last (GCC honours the last -std). -g0 makes the
 # 77-unit build ~2.4x cheaper; CFLAGS replaces Python's flags, so both are complete.
-build_wheel() {  # $1 = pip requirement, $2 = glob of the wheel file
-  local req="$1" pattern="$2"
+build_wheel() {  # $1 = pip requirement, $2 = glob of the wheel file, $3 = compile units, $4 = usual time
+  local req="$1" pattern="$2" units="${3:-}" expect="${4:-}"
   if compgen -G "$WHEELS/$pattern" >/dev/null; then
     log "cached wheel for $req in $WHEELS"
     return
@@ -83,13 +83,17 @@ EOF
     if [ "$FLAVOUR" = cpu ]; then export FORCE_CUDA=0 CUDA_VISIBLE_DEVICES=""; else export FORCE_CUDA=1; fi
     # --no-cache-dir: pip's own wheel cache is keyed by the sdist, not by torch, and would
     # silently hand back a wheel compiled for another torch.
-    "${PIP[@]}" wheel -q --no-build-isolation --no-deps --no-cache-dir -w "$build" "$req"
+    # verbose output into $CACHE/logs/, and a progress line every 30 s (compile units done,
+    # elapsed and usual time, log path) from tools/build_progress.sh
+    bash "$ROOT/tools/build_progress.sh" --total "$units" --expect "$expect" "$req" \
+      "$CACHE/logs/${req//[=<>]/-}.log" -- \
+      "${PIP[@]}" wheel -v --no-build-isolation --no-deps --no-cache-dir -w "$build" "$req"
   )
   mv "$build"/*.whl "$WHEELS/"
   rm -rf "$wrap" "$build"
 }
-build_wheel "mmcv==2.1.0" "mmcv-2.1.0-*.whl"
-build_wheel "torch-scatter==2.1.2" "torch_scatter-2.1.2-*.whl"
+build_wheel "mmcv==2.1.0" "mmcv-2.1.0-*.whl" 77 "15-30 min on 2 cores"
+build_wheel "torch-scatter==2.1.2" "torch_scatter-2.1.2-*.whl" "" "3-6 min on 2 cores"
 "${PIP[@]}" install -q --no-index --no-deps --find-links "$WHEELS" mmcv==2.1.0 torch-scatter==2.1.2
 
 # --- 4. openmim without its stale pins, and our package ---------------------------------
