@@ -211,6 +211,10 @@ def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int],
     if dynamic_size and names[0].startswith('stage'):
         for n in names:
             out_axes[n].update({2: f'{n}_height', 3: f'{n}_width'})
+    try:
+        import onnx  # noqa: F401  (the TorchScript exporter writes through it)
+    except ImportError:
+        raise ImportError("ONNX export needs onnx: pip install 'enformer_core[export]'") from None
     os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
     with export_mode(module), torch.no_grad():
         try:
@@ -228,7 +232,11 @@ def onnx_max_abs_diff(path: str, model: nn.Module, inputs: Sequence[torch.Tensor
                       ) -> List[float]:
     """Largest ``|onnxruntime - PyTorch|`` over the outputs, for each input tensor."""
     import numpy as np
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("checking an ONNX file needs onnxruntime: pip install "
+                          "'enformer_core[export]'") from None
     module, _ = exportable(model)
     sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     out = []

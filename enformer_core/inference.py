@@ -69,7 +69,12 @@ class Predictor:
     def __init__(self, config, checkpoint: Optional[str] = 'none', device: str = 'cpu',
                  dtype: Optional[str] = None, score_thr: float = 0.3, topk: int = 5,
                  cfg_options: Optional[dict] = None, seed: int = 0):
-        from mmengine.config import Config
+        try:
+            from mmengine.config import Config
+        except ImportError:
+            raise ImportError("inference from a config needs the OpenMMLab stack: pip install "
+                              "'enformer_core[mm]' (mmcv with compiled ops: tools/setup_env.sh)"
+                              ) from None
         cfg = copy.deepcopy(config) if isinstance(config, Config) else Config.fromfile(config)
         if cfg_options:
             cfg.merge_from_dict(cfg_options)

@@ -169,6 +169,10 @@ def test_python_api_without_out_dir_writes_nothing(photos, tmp_path, monkeypatch
     assert a[0]['topk'] == b[0]['topk']            # a random initialisation is reproducible
     assert a[0]['task'] == 'classification' and 'png' not in a[0]
     assert list(tmp_path.iterdir()) == []
+    [c] = infer(str(ROOT / CLS_DEMO), 'none', [str(photos / 'voc.jpg')], dtype='bfloat16')
+    assert len(c['topk']) == 5 and abs(c['topk'][0]['score'] - a[0]['topk'][0]['score']) < 0.02
+    with pytest.raises(ValueError, match='dtype must be one of'):
+        infer(str(ROOT / CLS_DEMO), 'none', [str(photos / 'voc.jpg')], dtype='int8')
 
 
 def _fashion_labels(split):
