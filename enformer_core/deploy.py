@@ -31,6 +31,8 @@ from typing import Dict, Iterable, Optional
 import torch
 import torch.nn as nn
 
+from .models.layers import LayerScaleLinear
+
 DTYPES = ('fp32', 'bf16', 'int8')
 
 
@@ -110,6 +112,9 @@ def convert_for_cpu(model: nn.Module, dtype: str = 'bf16', inplace: bool = False
         return model
     model = model.to(torch.bfloat16)
     if dtype == 'int8':
+        for m in model.modules():  # quantised weights cannot be rescaled on the fly
+            if isinstance(m, LayerScaleLinear):
+                m.fuse()
         _quantise_linears_int8(model)
     return CastIO(model, torch.bfloat16, dtype)
 

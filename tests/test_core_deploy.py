@@ -173,3 +173,14 @@ def test_agreement_over_a_loader(published_s):
 def test_bad_dtype():
     with pytest.raises(ValueError, match='dtype'):
         convert_for_cpu(torch.nn.Linear(2, 2), 'fp8')
+
+
+def test_autocast_training_step_uses_the_plain_ops():
+    """Under autocast the memory-lean Functions and oneDNN calls stand aside (they would mix
+    dtypes): a bf16-autocast training step runs and gives finite gradients."""
+    model = create_model('enformer_s').train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = model(torch.randn(2, 3, 64, 64)).float().logsumexp(-1).mean()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -110,15 +110,10 @@ def _cpu_peak_alloc(fn) -> int:
     return int(max(totals, default=0))
 
 
-def benchmark_train_step(model: nn.Module, batch: int = 16, shape: Tuple[int, int] = (224, 224),
-                         warmup: int = 1, iters: int = 3, amp: bool = False,
-                         channels_last: bool = False, in_channels: int = 3,
-                         measure_memory: bool = True, progress: bool = True,
-                         desc: str = 'train') -> Dict[str, Any]:
-    """Time of one training step (forward + loss + backward + AdamW step) and its peak
-    memory.  CUDA: ``max_memory_allocated`` (absolute, and above the pre-step level).
-    CPU: peak bytes allocated during one step above the pre-step level (profiler memory
-    events), plus the resident size of parameters, gradients-free optimizer state."""
+def make_train_step(model: nn.Module, batch: int = 16, shape: Tuple[int, int] = (224, 224),
+                    amp: bool = False, channels_last: bool = False, in_channels: int = 3):
+    """``(step, optimizer)``: ``step()`` runs one training step (forward, loss, backward,
+    AdamW step) of ``model`` (put in train mode) on a fixed random batch."""
     device = _model_device(model)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
@@ -134,7 +129,20 @@ def benchmark_train_step(model: nn.Module, batch: int = 16, shape: Tuple[int, in
             loss = _loss(model(x))
         loss.backward()
         opt.step()
+    return step, opt
 
+
+def benchmark_train_step(model: nn.Module, batch: int = 16, shape: Tuple[int, int] = (224, 224),
+                         warmup: int = 1, iters: int = 3, amp: bool = False,
+                         channels_last: bool = False, in_channels: int = 3,
+                         measure_memory: bool = True, progress: bool = True,
+                         desc: str = 'train') -> Dict[str, Any]:
+    """Time of one training step (forward + loss + backward + AdamW step) and its peak
+    memory.  CUDA: ``max_memory_allocated`` (absolute, and above the pre-step level).
+    CPU: peak bytes allocated during one step above the pre-step level (profiler memory
+    events), plus the resident size of parameters, gradients-free optimizer state."""
+    device = _model_device(model)
+    step, opt = make_train_step(model, batch, shape, amp, channels_last, in_channels)
     times = []
     with _progress(warmup + iters, desc, progress) as bar:
         for i in range(warmup + iters):
@@ -171,6 +179,48 @@ def benchmark_train_step(model: nn.Module, batch: int = 16, shape: Tuple[int, in
                                      'and optimizer state')
     model.eval()
     return res
+
+
+def gemm_rate(n: int = 2048, dtype: torch.dtype = torch.float32, onednn: bool = False,
+              seconds: float = 0.5) -> float:
+    """GFLOP/s of an ``n x n x n`` matmul at the current thread count (best of the repeats
+    in ``seconds``).  ``onednn``: through oneDNN (the kernels of the fused inference paths)
+    instead of ``torch.mm`` (MKL's sgemm for fp32 on CPU)."""
+    from ..ops import fused
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    if onednn and not fused.HAS_ONEDNN_LINEAR:
+        return float('nan')
+
+    def mm():
+        return fused._LINEAR(a, b, None, 'none', [], '') if onednn else torch.mm(a, b)
+    with torch.inference_mode():
+        mm()
+        best, end = float('inf'), time.perf_counter() + seconds
+        while time.perf_counter() < end or best == float('inf'):
+            t0 = time.perf_counter()
+            mm()
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def gemm_rates(n: int = 2048) -> Dict[str, float]:
+    """This machine's matmul limits in GFLOP/s: ``sgemm`` (fp32 ``torch.mm``, the reference
+    of the "share" columns), ``sgemm_onednn`` (fp32 through oneDNN) and ``bf16``."""
+    return dict(n=n, sgemm=gemm_rate(n), sgemm_onednn=gemm_rate(n, onednn=True),
+                bf16=gemm_rate(n, torch.bfloat16))
+
+
+def load_warning(per_core: float = 0.5) -> str:
+    """A warning when the 1-minute load average exceeds ``per_core`` x cores ('' if not)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        return ''
+    cores = os.cpu_count() or 1
+    if load <= per_core * cores:
+        return ''
+    return (f'WARNING: load average {load:.2f} on {cores} cores (> {per_core} per core): '
+            'the machine is busy, timings are unreliable (compare same-run ratios only)')
 
 
 def machine_description() -> Dict[str, Any]:

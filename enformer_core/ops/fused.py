@@ -28,6 +28,18 @@ def tracing() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
+def autocast(x: torch.Tensor) -> bool:
+    """Autocast is on for ``x``'s device: the plain ops, which autocast knows how to cast
+    (the custom Functions and oneDNN calls here would mix dtypes)."""
+    return torch.is_autocast_enabled(x.device.type)
+
+
+def custom_grad(x: torch.Tensor) -> bool:
+    """Whether the memory-lean autograd Functions apply: autograd records, nothing is
+    traced and autocast is off."""
+    return torch.is_grad_enabled() and not tracing() and not autocast(x)
+
+
 def inference(x: torch.Tensor) -> bool:
     """True when no autograd graph is being recorded (``no_grad`` / ``inference_mode``) and
     nothing is being traced: the fused inference paths may run."""
@@ -37,6 +49,7 @@ def inference(x: torch.Tensor) -> bool:
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     # plain tensors only: tensor subclasses (torchao's quantised weights) keep F.linear
     return (HAS_ONEDNN_LINEAR and x.device.type == 'cpu' and x.dtype in _FAST_DTYPES
+            and not autocast(x)
             and weight.dtype == x.dtype and type(weight) in _PLAIN and type(x) in _PLAIN
             and x.shape[-1] == weight.shape[1])
 
@@ -98,7 +111,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
         if residual is not None and act is None:
             return _LINEAR(x, residual, weight, bias, 'add')
         out = _LINEAR(x, weight, bias, _ACTS[act], [], '')
-    elif torch.is_grad_enabled() and not tracing() and _onednn_ok(x, weight):
+    elif custom_grad(x) and _onednn_ok(x, weight):
         out = _Linear.apply(x, weight, bias)
     else:
         out = F.linear(x, weight, bias)
@@ -162,7 +175,7 @@ class LinearSiLULinear(torch.autograd.Function):
 
 def linear_silu_linear(x, w1, b1, w2, b2):
     """``F.linear(F.silu(F.linear(x, w1, b1)), w2, b2)``, memory-lean under autograd."""
-    if torch.is_grad_enabled() and not tracing():
+    if custom_grad(x):
         return LinearSiLULinear.apply(x, w1, b1, w2, b2)
     return linear(linear(x, w1, b1, act='silu'), w2, b2)
 
@@ -188,6 +201,6 @@ class _AdaptiveAvgPool(torch.autograd.Function):
 
 def adaptive_avg_pool_nchw(x: torch.Tensor, size) -> torch.Tensor:
     """``F.adaptive_avg_pool2d(x, size)``; under autograd it saves nothing of ``x``."""
-    if torch.is_grad_enabled() and not tracing():
+    if custom_grad(x):
         return _AdaptiveAvgPool.apply(x, size)
     return F.adaptive_avg_pool2d(x, size)

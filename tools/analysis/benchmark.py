@@ -9,6 +9,14 @@
     python tools/analysis/benchmark.py enformer_s --sweep 224 448 896
     # regenerate docs/model_zoo.md
     python tools/analysis/benchmark.py all --forms train-graph deploy --markdown docs/model_zoo.md
+    # CPU deployment forms (enformer_core.deploy.convert_for_cpu) with their logit error
+    python tools/analysis/benchmark.py enformer_s --threads 1 --forms deploy --dtype fp32 bf16 int8
+    # this tree against another commit: interleaved rounds in two worker processes, ratios
+    python tools/analysis/benchmark.py enformer_s --threads 1 --compare-to HEAD~1 --train
+
+Every run first measures this machine's 2048^2 matmul rates (fp32 torch.mm = "sgemm",
+fp32 through oneDNN, bf16), prints the load average (warns above 0.5 per core) and reports
+each model's achieved rate 2 x GMACs x img/s and its share of the sgemm rate.
 
 ``all`` expands to EnFormer S/B/L and every baseline registered with ``create_model``.
 img/s is ``batch / mean`` on CUDA (the published method) and ``batch / median`` on CPU.
@@ -21,6 +29,7 @@ import time
 
 
 FORMS = ('train-graph', 'deploy')
+DTYPES = ('fp32', 'bf16', 'int8')
 _SWEEP_FLOPS = {}
 
 
@@ -51,6 +60,17 @@ def parse_args(argv=None):
     p.add_argument('--sweep', type=int, nargs='+', metavar='SIZE',
                    help='input sizes for a cost-vs-pixels sweep (e.g. 224 448 896); the batch '
                         'shrinks to keep the pixels per batch constant')
+    p.add_argument('--dtype', nargs='+', choices=DTYPES, default=['fp32'],
+                   help='CPU number formats to time (bf16/int8: enformer_core.deploy.'
+                        'convert_for_cpu; their max/mean logit error against fp32 is reported)')
+    p.add_argument('--compare-to', metavar='REV',
+                   help='time this tree against git revision REV (a temporary worktree) in '
+                        'interleaved rounds and print the ratios (fp32 forms)')
+    p.add_argument('--rounds', type=int, default=5,
+                   help='--compare-to: interleaved eval rounds (each --iters // 2 iterations, '
+                        'at least 1) and, with --train, training rounds')
+    p.add_argument('--no-gemm', action='store_true',
+                   help='skip the matmul-rate measurement (no share columns)')
     p.add_argument('--markdown', metavar='MD', help='write a model-zoo markdown table')
     p.add_argument('--json', metavar='OUT', help='write all results as JSON')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
@@ -76,16 +96,22 @@ def _fmt(v, spec='.1f'):
 
 def table(rows):
     w = max([24] + [len(str(r['model'])) + 2 for r in rows])  # long config names stay aligned
-    head = (f"{'model':<{w}}{'form':<12}{'batch':>6}{'size':>10}{'img/s':>10}"
-            f"{'ms/img':>9}{'train s/step':>13}{'peak MiB':>10}")
+    head = (f"{'model':<{w}}{'form':<12}{'dtype':<6}{'batch':>6}{'size':>10}{'img/s':>10}"
+            f"{'ms/img':>9}{'GFLOP/s':>9}{'share':>7}{'train s/step':>13}{'peak MiB':>10}"
+            f"{'max|dlogit|':>12}")
     lines = [head, '-' * len(head)]
     for r in rows:
         ev, tr = r.get('eval') or {}, r.get('train') or {}
         size = 'x'.join(map(str, r['shape']))
-        lines.append(f"{r['model']:<{w}}{r['form']:<12}{ev.get('batch', '-'):>6}{size:>10}"
+        share = ev.get('sgemm_share')
+        lines.append(f"{r['model']:<{w}}{r['form']:<12}{r.get('dtype', 'fp32'):<6}"
+                     f"{ev.get('batch', '-'):>6}{size:>10}"
                      f"{_fmt(ev.get('img_s')):>10}{_fmt(ev.get('ms_per_img'), '.2f'):>9}"
+                     f"{_fmt(ev.get('gflop_s')):>9}"
+                     f"{'-' if share is None else format(share, '.0%'):>7}"
                      f"{_fmt(tr.get('median_s'), '.3f'):>13}"
-                     f"{_fmt(tr.get('peak_mem_mb')):>10}")
+                     f"{_fmt(tr.get('peak_mem_mb')):>10}"
+                     f"{_fmt((r.get('vs_fp32') or {}).get('max_abs'), '.3g'):>12}")
         if r.get('skipped'):
             lines[-1] = f"{r['model']:<{w}}{r['form']:<12}  skipped: {r['skipped']}"
     return '\n'.join(lines)
@@ -153,7 +179,33 @@ def markdown(rows, machine, command):
     return '\n'.join(lines)
 
 
-def run_one(spec, form, args, device, batch, warmup, iters, progress, need_complexity):
+def _gmacs(lm, shape):
+    """fvcore GMACs of the train graph at ``shape`` (what the share columns divide by;
+    counted once per model and shape, before any folding or conversion)."""
+    import torch
+    from enformer_core.analysis import count_flops
+    key = (lm.name, tuple(shape))
+    if key not in _SWEEP_FLOPS:
+        target = lm.model if lm.task == 'classification' else lm.backbone
+        with torch.no_grad():
+            x = torch.randn(1, lm.in_channels, *shape)
+            _SWEEP_FLOPS[key] = count_flops(target.eval(), (x,)).total() / 1e9
+    return _SWEEP_FLOPS[key]
+
+
+def _rates_columns(ev, gmacs, rates, dtype):
+    """Achieved GFLOP/s (2 x GMACs x img/s) and its share of the machine's matmul rates."""
+    ev['gmacs_per_img'] = gmacs
+    ev['gflop_s'] = 2 * gmacs * ev['img_s']
+    if rates:
+        ev['sgemm_share'] = ev['gflop_s'] / rates['sgemm']
+        ev['onednn_fp32_share'] = ev['gflop_s'] / rates['sgemm_onednn']
+        if dtype != 'fp32':
+            ev['bf16_gemm_share'] = ev['gflop_s'] / rates['bf16']
+
+
+def run_one(spec, form, args, device, batch, warmup, iters, progress, need_complexity,
+            dtype='fp32', rates=None):
     import copy
     from enformer_core.analysis import (benchmark_inference, benchmark_train_step, complexity,
                                         count_flops, has_deploy_form, load_model,
@@ -161,23 +213,35 @@ def run_one(spec, form, args, device, batch, warmup, iters, progress, need_compl
     import torch
     lm = load_model(spec, device='cpu')
     shape = tuple(args.shape_hw or lm.default_shape)
-    row = dict(model=lm.name, form=form, task=lm.task, shape=list(shape), device=str(device))
+    row = dict(model=lm.name, form=form, dtype=dtype, task=lm.task, shape=list(shape),
+               device=str(device))
     if need_complexity:
         row['complexity'] = complexity(lm, (224, 224) if lm.task == 'classification' else shape)
+    gmacs = _gmacs(lm, shape)
     if form == 'deploy':
         if not has_deploy_form(lm.model):
             row['skipped'] = 'no reparameterize()'
             return row
         reparameterize(lm.model)
     model = lm.model.to(device)
-    bench_target = prepare_for_speed(model if lm.task == 'classification' else lm.backbone,
-                                     args.channels_last, args.compile)
+    target = model if lm.task == 'classification' else lm.backbone
+    if dtype != 'fp32':
+        if device.type != 'cpu':
+            row['skipped'] = f'--dtype {dtype} is a CPU deployment form'
+            return row
+        from enformer_core.deploy import convert_for_cpu, logit_error
+        converted = convert_for_cpu(target, dtype, fold=False)  # the form is applied above
+        x4 = torch.randn(4, lm.in_channels, *shape)
+        row['vs_fp32'] = logit_error(target, converted, x4)
+        target = converted
+    bench_target = prepare_for_speed(target, args.channels_last, args.compile)
     if lm.task != 'classification':
         row['note'] = 'backbone only'
     common = dict(amp=args.amp, channels_last=args.channels_last, in_channels=lm.in_channels,
                   progress=progress)
     row['eval'] = benchmark_inference(bench_target, batch, shape, warmup, iters,
-                                      desc=f'{lm.name} {form} eval', **common)
+                                      desc=f'{lm.name} {form} {dtype} eval', **common)
+    _rates_columns(row['eval'], gmacs, rates, dtype)
     if args.sweep:
         row['sweep'] = []
         ref = args.sweep[0]
@@ -193,7 +257,7 @@ def run_one(spec, form, args, device, batch, warmup, iters, progress, need_compl
             res['gflops'] = _SWEEP_FLOPS[key]
             res['ms_per_mpx'] = res['ms_per_img'] / (s * s / 1e6)
             row['sweep'].append(res)
-    if args.train is not None and form == 'train-graph' and (
+    if args.train is not None and form == 'train-graph' and dtype == 'fp32' and (
             not args.train or spec in args.train or lm.name in args.train):
         train_model = copy.deepcopy(model) if lm.task == 'classification' else \
             copy.deepcopy(lm.backbone)
@@ -202,6 +266,35 @@ def run_one(spec, form, args, device, batch, warmup, iters, progress, need_compl
                                             desc=f'{lm.name} train step', **common)
         del train_model
     return row
+
+
+def run_compare(args, models, forms, batch, iters, shape_hw):
+    """--compare-to: this tree vs a worktree of the revision, interleaved rounds."""
+    import subprocess
+    from pathlib import Path
+    from enformer_core.analysis.compare import compare_trees, format_comparison, git_worktree
+    import torch
+    repo = str(Path(__file__).resolve().parents[2])
+    rev = subprocess.run(['git', '-C', repo, 'rev-parse', '--short', args.compare_to],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    threads = args.threads or torch.get_num_threads()
+    results = []
+    with git_worktree(rev, repo) as old:
+        trees = {f'{rev}': old, 'this tree': repo}
+        for name in models:
+            for form in forms:
+                res = compare_trees(
+                    trees, name, form, batch, tuple(shape_hw or (224, 224)), args.rounds,
+                    max(1, iters // 2), args.train_batch,
+                    args.rounds if args.train is not None and form == 'train-graph' else 0,
+                    memory=args.train is not None, threads=threads)
+                results.append(res)
+                print(format_comparison([res]).splitlines()[-1], flush=True)
+    print()
+    print(f'--compare-to {args.compare_to} ({rev}): x = ratio against {rev} '
+          '(img/s new/old, train s/step old/new, peak training memory new/old)')
+    print(format_comparison(results))
+    return results
 
 
 def main(argv=None):
@@ -222,34 +315,56 @@ def main(argv=None):
     if args.shape:
         args.shape_hw = (args.shape[0], args.shape[-1])
     forms = ['deploy'] if args.deploy else (args.forms or ['train-graph'])
+    from enformer_core.analysis import gemm_rates, load_warning
+    warning = load_warning()
     machine = machine_description()
     print(f"device {device} | {machine['cpu']} | torch {machine['torch']} | "
           f"{machine['threads']} threads of {machine['nproc']} cores | "
-          f"load {machine.get('loadavg')} | batch {batch}, {warmup} warm-up + {iters} timed"
-          + (' | amp' if args.amp else '') + (' | channels-last' if args.channels_last else '')
+          f"load average {machine.get('loadavg')} | batch {batch}, {warmup} warm-up + "
+          f"{iters} timed" + (' | amp' if args.amp else '')
+          + (' | channels-last' if args.channels_last else '')
           + (' | compile' if args.compile else ''), flush=True)
+    if warning:
+        print(warning, flush=True)
+    rates = None if args.no_gemm or gpu else gemm_rates()
+    if rates:
+        print(f"2048^2 matmul on this machine: fp32 torch.mm (sgemm) {rates['sgemm']:.1f}, "
+              f"fp32 oneDNN {rates['sgemm_onednn']:.1f}, bf16 {rates['bf16']:.1f} GFLOP/s; "
+              'share = 2 x GMACs x img/s / sgemm', flush=True)
     models = expand_models(args.models)
-    rows = []
+    rows, comparison = [], None
     t0 = time.time()
-    for spec in models:
-        for form in forms:
-            row = run_one(spec, form, args, device, batch, warmup, iters,
-                          not args.no_progress, need_complexity=bool(args.markdown))
-            rows.append(row)
-            ev = row.get('eval') or {}
-            print(f"[{time.time() - t0:7.1f}s] {row['model']} {form}: "
-                  + (f"{ev['img_s']:.1f} img/s" if ev else row.get('skipped', '')), flush=True)
-    print()
-    print(table(rows))
-    sw = sweep_table(rows)
-    if sw:
+    if args.compare_to:
+        comparison = run_compare(args, models, forms, batch, iters, args.shape_hw)
+    else:
+        for spec in models:
+            for form in forms:
+                for dtype in args.dtype:
+                    row = run_one(spec, form, args, device, batch, warmup, iters,
+                                  not args.no_progress, bool(args.markdown), dtype, rates)
+                    rows.append(row)
+                    ev = row.get('eval') or {}
+                    print(f"[{time.time() - t0:7.1f}s] {row['model']} {form} {dtype}: "
+                          + (f"{ev['img_s']:.1f} img/s" if ev else row.get('skipped', ''))
+                          + (f", {ev['sgemm_share']:.0%} of sgemm" if 'sgemm_share' in ev
+                             else ''), flush=True)
         print()
-        print(sw)
+        print(table(rows))
+        sw = sweep_table(rows)
+        if sw:
+            print()
+            print(sw)
+    machine['loadavg_end'] = machine_description().get('loadavg')
+    print(f"load average at the start {machine.get('loadavg')}, at the end "
+          f"{machine['loadavg_end']}")
     result = dict(machine=machine, device=str(device),
                   settings=dict(batch=batch, warmup=warmup, iters=iters, amp=args.amp,
                                 channels_last=args.channels_last, compile=args.compile,
-                                forms=forms, train_batch=args.train_batch if args.train is not None else None),
-                  results=rows)
+                                forms=forms, dtypes=args.dtype,
+                                train_batch=args.train_batch if args.train is not None else None),
+                  gemm_gflop_s=rates, load_warning=warning or None, results=rows)
+    if comparison is not None:
+        result['compare_to'] = dict(rev=args.compare_to, results=comparison)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:

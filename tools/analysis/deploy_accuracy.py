@@ -1,0 +1,83 @@
+"""Accuracy effect of the CPU deployment forms: top-1 agreement with fp32 (and each form's
+top-1) over a config's test set, plus the max/mean logit difference.
+
+    # the demo checkpoint (make demo) on the full Fashion-MNIST test set (10 000 images)
+    python tools/analysis/deploy_accuracy.py \\
+        classification/configs/demo/enformer-s_fashion-mnist-64px.py \\
+        $(cat work_dirs/demo_fashion_mnist/last_checkpoint) --dtype bf16 int8 --json acc.json
+
+A thin command line over ``enformer_core.deploy.convert_for_cpu`` and ``agreement``.
+"""
+import argparse
+import json
+import os
+import time
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config', help='a classification config (its test_dataloader is used)')
+    p.add_argument('checkpoint', help="weights (path/URL, any layout) or 'none' (random)")
+    p.add_argument('--dtype', nargs='+', default=['bf16', 'int8'],
+                   choices=['fp32', 'bf16', 'int8'])
+    p.add_argument('--no-fold', action='store_true', help='keep the train graph (no '
+                   'reparameterize) in the converted models')
+    p.add_argument('--max-batches', type=int, help='only the first N test batches')
+    p.add_argument('--threads', type=int)
+    p.add_argument('--json', metavar='OUT')
+    return p.parse_args(argv)
+
+
+def test_batches(lm, max_batches=None):
+    """``(normalised images, labels)`` of the config's test set (the model's own data
+    preprocessor does the normalisation)."""
+    import torch
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import Runner
+    init_default_scope(lm.config.get('default_scope', 'mmpretrain'))
+    loader = Runner.build_dataloader(lm.config.test_dataloader)
+    pre = lm.model.data_preprocessor
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            return
+        data = pre(batch, False)
+        labels = [s.gt_label for s in data['data_samples']]
+        yield data['inputs'].float(), (torch.cat(labels) if labels else None)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    from enformer_core.analysis import load_model
+    from enformer_core.deploy import agreement, convert_for_cpu
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.config, args.checkpoint)
+    if lm.task != 'classification':
+        raise SystemExit('deploy_accuracy compares classifiers (logits); got a '
+                         f'{lm.task} model')
+    batches = list(test_batches(lm, args.max_batches))
+    results = dict(config=args.config, checkpoint=args.checkpoint,
+                   images=sum(x.shape[0] for x, _ in batches), loadavg=list(os.getloadavg()),
+                   forms={})
+    for dtype in args.dtype:
+        t0 = time.time()
+        model = convert_for_cpu(lm.model, dtype, fold=not args.no_fold)
+        res = agreement(lm.model, model, batches)
+        res['seconds'] = time.time() - t0
+        results['forms'][dtype] = res
+        acc = (f", top-1 fp32 {res['top1_fp32']:.2%} / {dtype} {res['top1_x']:.2%}"
+               if 'top1_fp32' in res else '')
+        print(f"{dtype}: agreement with fp32 {res['top1_agreement']:.2%} over "
+              f"{res['images']} images{acc}; logits max |diff| "
+              f"{res['max_abs_logit_diff']:.4g}, mean {res['mean_abs_logit_diff']:.4g}",
+              flush=True)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=2)
+        print(f'wrote {args.json}')
+    return results
+
+
+if __name__ == '__main__':
+    main()
