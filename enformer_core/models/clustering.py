@@ -268,9 +268,35 @@ class EnsembleClustering(nn.Module):
         """
         b, n, width = tokens.shape
         chunks = width // self.inner_dim  # explicit, not -1: a batch of 0 images has no size
-        t = tokens.view(b, n, chunks, self.num_heads, self.head_dim)[:, :, first:first + count]
+        t = tokens.view(b, n, chunks, self.num_heads, self.head_dim)
+        if (first, count) != (0, chunks):  # (a full slice would cost a zero-fill in backward)
+            t = t[:, :, first:first + count]
         t = contiguous_as(t.permute(2, 0, 3, 1, 4), compute_dtype(tokens))
         return list(t.view(count, b * self.num_heads, n, self.head_dim).unbind(0))
+
+    def _points_and_initial_centres(self, x: torch.Tensor, grid: Optional[Tuple[int, int]]):
+        """The ``(B*heads, N', d)`` points of every chunk ``[P | K_1 | V_1 | ...]`` (agents or
+        every pixel) and each clustering's initial key/value centres (the adaptive average
+        pool of the full-resolution key/value maps onto its grid).
+
+        The projection is affine and every pooling weight sums to one, so pooling the
+        ``C``-channel input and projecting the pooled tokens equals projecting the full map
+        and pooling it (up to float rounding): agent stages project 196 tokens instead of
+        every pixel, and centres project a few dozen tokens.  Traced (FLOP counting,
+        export), the published order runs: project the full map, then pool.
+        """
+        hh, ww = x.shape[1:3]
+        chunks = 1 + 2 * len(self.clusterings)
+        weight, bias = self.proj_in.weight, self.proj_in.bias
+        if fused.tracing():
+            proj = fused.linear(x, weight, bias)  # (B, H, W, [P | K_1 | V_1 | ...])
+            points = self._fold_heads(pool_tokens(proj, grid or (hh, ww)), 0, chunks)
+            return points, [self._fold_heads(pool_tokens(proj, c.grid), 1 + 2 * k, 2)
+                            for k, c in enumerate(self.clusterings)]
+        points = self._fold_heads(fused.linear(pool_tokens(x, grid or (hh, ww)), weight, bias),
+                                  0, chunks)
+        return points, [self._fold_heads(fused.linear(pool_tokens(x, c.grid), weight, bias),
+                                         1 + 2 * k, 2) for k, c in enumerate(self.clusterings)]
 
     def agent_grid(self, height: int, width: int) -> Optional[Tuple[int, int]]:
         """The agent grid used for an ``height x width`` map, ``None`` for "every pixel"."""
@@ -285,16 +311,10 @@ class EnsembleClustering(nn.Module):
         """``residual + mixer(x)`` for a channels-last ``(B, H, W, C)`` map."""
         b, hh, ww, _ = x.shape
         grid = self.agent_grid(hh, ww)
-        # (B, H, W, [P | K_1 | V_1 | K_2 | V_2 ...])
-        proj = fused.linear(x, self.proj_in.weight, self.proj_in.bias)
-        # every chunk's points at once: the agents (a pooled grid) or every pixel
-        points = self._fold_heads(pool_tokens(proj, grid or (hh, ww)), 0,
-                                  1 + 2 * len(self.clusterings))
+        points, inits = self._points_and_initial_centres(x, grid)
         centres = []
         for k, clustering in enumerate(self.clusterings):
-            # initial key/value centres pooled from the full-resolution maps
-            init_keys, init_values = self._fold_heads(pool_tokens(proj, clustering.grid),
-                                                      1 + 2 * k, 2)
+            init_keys, init_values = inits[k]
             centres.append(clustering(init_keys, init_values, points[1 + 2 * k],
                                       points[2 + 2 * k]))
         y = self.consensus(torch.cat(centres, dim=1), points[0])  # (B*heads, N', d)
