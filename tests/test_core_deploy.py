@@ -184,3 +184,13 @@ def test_autocast_training_step_uses_the_plain_ops():
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_tune_malloc_is_accepted_by_glibc():
+    import platform
+    from enformer_core.deploy import tune_malloc
+    ok = tune_malloc()
+    if platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc':
+        assert ok is True
+    else:
+        assert ok in (True, False)

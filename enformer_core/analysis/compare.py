@@ -16,18 +16,24 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 _HELPERS = Path(__file__).with_name('benchmark.py')
+_MALLOC = Path(__file__).resolve().parents[1] / 'utils' / 'malloc.py'
 
 _WORKER = r'''
 import copy, importlib.util, json, sys, time
 import torch
 helpers, tree, name, form = sys.argv[1:5]
-batch, h, w, train_batch, threads = map(int, sys.argv[5:10])
-spec = importlib.util.spec_from_file_location('_bench_helpers', helpers)
-H = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(H)
+batch, h, w, train_batch, threads, tune = map(int, sys.argv[5:11])
+def load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+H = load(helpers, '_bench_helpers')
+if tune:
+    load(sys.argv[11], '_bench_malloc').tune_malloc()
 sys.path.insert(0, tree)
 torch.set_num_threads(threads)
 from enformer_core import create_model
@@ -84,9 +90,10 @@ def git_worktree(rev: str, repo: Optional[str] = None) -> Iterator[str]:
 
 class _Worker:
     def __init__(self, tree: str, name: str, form: str, batch: int, shape: Tuple[int, int],
-                 train_batch: int, threads: int):
+                 train_batch: int, threads: int, tune_malloc: bool):
         args = [sys.executable, '-c', _WORKER, str(_HELPERS), tree, name, form, str(batch),
-                str(shape[0]), str(shape[1]), str(train_batch), str(threads)]
+                str(shape[0]), str(shape[1]), str(train_batch), str(threads),
+                str(int(tune_malloc)), str(_MALLOC)]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env)
@@ -108,12 +115,14 @@ class _Worker:
         self.proc.wait()
 
 
-def compare_trees(trees: Dict[str, str], name: str, form: str = 'train-graph', batch: int = 32,
+def compare_trees(trees: Dict[str, Union[str, Tuple[str, bool]]], name: str,
+                  form: str = 'train-graph', batch: int = 32,
                   shape: Tuple[int, int] = (224, 224), rounds: int = 5, iters: int = 2,
                   train_batch: int = 16, train_rounds: int = 0, memory: bool = False,
-                  threads: int = 1) -> Dict[str, object]:
-    """Interleaved timing of model ``name`` in each tree of ``trees`` (label -> path; the
-    first is the baseline).  Returns per-tree medians and ratios against the baseline:
+                  threads: int = 1, tune_malloc: bool = True) -> Dict[str, object]:
+    """Interleaved timing of model ``name`` in each tree of ``trees`` (label -> path, or
+    label -> ``(path, tune_malloc)`` to override ``tune_malloc`` for that worker; the first
+    is the baseline).  Returns per-tree medians and ratios against the baseline:
     ``eval_speedup`` (img/s ratio), ``train_speedup`` (s/step ratio old/new) and
     ``memory_ratio`` (peak training memory new/old)."""
     labels = list(trees)
@@ -122,7 +131,8 @@ def compare_trees(trees: Dict[str, str], name: str, form: str = 'train-graph', b
     workers: Dict[str, _Worker] = {}
     try:
         for k in labels:
-            workers[k] = _Worker(trees[k], name, form, batch, shape, train_batch, threads)
+            path, tune = trees[k] if isinstance(trees[k], tuple) else (trees[k], tune_malloc)
+            workers[k] = _Worker(path, name, form, batch, shape, train_batch, threads, tune)
             workers[k].ask('eval', 1)  # warm-up
         for r in range(rounds):
             for k in (labels if r % 2 == 0 else labels[::-1]):
@@ -138,6 +148,7 @@ def compare_trees(trees: Dict[str, str], name: str, form: str = 'train-graph', b
     base = labels[0]
     out: Dict[str, object] = dict(model=name, form=form, batch=batch, shape=list(shape),
                                   trees={k: trees[k] for k in labels}, rounds=rounds,
+                                  tune_malloc=tune_malloc,
                                   iters_per_round=iters, per_tree={})
     for k in labels:
         med = statistics.median(eval_t[k])

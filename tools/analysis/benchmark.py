@@ -69,6 +69,12 @@ def parse_args(argv=None):
     p.add_argument('--rounds', type=int, default=5,
                    help='--compare-to: interleaved eval rounds (each --iters // 2 iterations, '
                         'at least 1) and, with --train, training rounds')
+    p.add_argument('--compare-malloc', action='store_true',
+                   help='time this tree with glibc malloc as is against tune_malloc() '
+                        '(interleaved rounds, like --compare-to)')
+    p.add_argument('--no-malloc-tuning', action='store_true',
+                   help='leave glibc malloc as is (default: enformer_core.utils.malloc.'
+                        'tune_malloc(), large buffers stay in the heap between iterations)')
     p.add_argument('--no-gemm', action='store_true',
                    help='skip the matmul-rate measurement (no share columns)')
     p.add_argument('--markdown', metavar='MD', help='write a model-zoo markdown table')
@@ -269,30 +275,39 @@ def run_one(spec, form, args, device, batch, warmup, iters, progress, need_compl
 
 
 def run_compare(args, models, forms, batch, iters, shape_hw):
-    """--compare-to: this tree vs a worktree of the revision, interleaved rounds."""
+    """--compare-to: this tree vs a worktree of the revision; --compare-malloc: this tree
+    with and without tune_malloc().  Interleaved rounds in worker processes."""
+    import contextlib
     import subprocess
     from pathlib import Path
     from enformer_core.analysis.compare import compare_trees, format_comparison, git_worktree
     import torch
     repo = str(Path(__file__).resolve().parents[2])
-    rev = subprocess.run(['git', '-C', repo, 'rev-parse', '--short', args.compare_to],
-                         check=True, capture_output=True, text=True).stdout.strip()
     threads = args.threads or torch.get_num_threads()
+    tune = not args.no_malloc_tuning
+    if args.compare_to:
+        rev = subprocess.run(['git', '-C', repo, 'rev-parse', '--short', args.compare_to],
+                             check=True, capture_output=True, text=True).stdout.strip()
+        what = f'--compare-to {args.compare_to} ({rev}): x = ratio against {rev}'
+        tree = git_worktree(rev, repo)
+    else:
+        what = '--compare-malloc: x = ratio against glibc malloc as is'
+        tree = contextlib.nullcontext(repo)
     results = []
-    with git_worktree(rev, repo) as old:
-        trees = {f'{rev}': old, 'this tree': repo}
+    with tree as old:
+        trees = ({rev: old, 'this tree': repo} if args.compare_to else
+                 {'malloc as is': (repo, False), 'tune_malloc': (repo, True)})
         for name in models:
             for form in forms:
                 res = compare_trees(
                     trees, name, form, batch, tuple(shape_hw or (224, 224)), args.rounds,
                     max(1, iters // 2), args.train_batch,
                     args.rounds if args.train is not None and form == 'train-graph' else 0,
-                    memory=args.train is not None, threads=threads)
+                    memory=args.train is not None, threads=threads, tune_malloc=tune)
                 results.append(res)
                 print(format_comparison([res]).splitlines()[-1], flush=True)
     print()
-    print(f'--compare-to {args.compare_to} ({rev}): x = ratio against {rev} '
-          '(img/s new/old, train s/step old/new, peak training memory new/old)')
+    print(what + ' (img/s new/old, train s/step old/new, peak training memory new/old)')
     print(format_comparison(results))
     return results
 
@@ -316,14 +331,17 @@ def main(argv=None):
         args.shape_hw = (args.shape[0], args.shape[-1])
     forms = ['deploy'] if args.deploy else (args.forms or ['train-graph'])
     from enformer_core.analysis import gemm_rates, load_warning
+    from enformer_core.utils.malloc import tune_malloc
     warning = load_warning()
+    malloc_tuned = False if args.no_malloc_tuning else tune_malloc()
     machine = machine_description()
     print(f"device {device} | {machine['cpu']} | torch {machine['torch']} | "
           f"{machine['threads']} threads of {machine['nproc']} cores | "
           f"load average {machine.get('loadavg')} | batch {batch}, {warmup} warm-up + "
           f"{iters} timed" + (' | amp' if args.amp else '')
           + (' | channels-last' if args.channels_last else '')
-          + (' | compile' if args.compile else ''), flush=True)
+          + (' | compile' if args.compile else '')
+          + (' | malloc tuned' if malloc_tuned else ''), flush=True)
     if warning:
         print(warning, flush=True)
     rates = None if args.no_gemm or gpu else gemm_rates()
@@ -334,7 +352,7 @@ def main(argv=None):
     models = expand_models(args.models)
     rows, comparison = [], None
     t0 = time.time()
-    if args.compare_to:
+    if args.compare_to or args.compare_malloc:
         comparison = run_compare(args, models, forms, batch, iters, args.shape_hw)
     else:
         for spec in models:
@@ -360,11 +378,11 @@ def main(argv=None):
     result = dict(machine=machine, device=str(device),
                   settings=dict(batch=batch, warmup=warmup, iters=iters, amp=args.amp,
                                 channels_last=args.channels_last, compile=args.compile,
-                                forms=forms, dtypes=args.dtype,
+                                forms=forms, dtypes=args.dtype, malloc_tuned=malloc_tuned,
                                 train_batch=args.train_batch if args.train is not None else None),
                   gemm_gflop_s=rates, load_warning=warning or None, results=rows)
     if comparison is not None:
-        result['compare_to'] = dict(rev=args.compare_to, results=comparison)
+        result['compare_to'] = dict(rev=args.compare_to or 'malloc', results=comparison)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:
