@@ -8,6 +8,9 @@ The toolbox (mmpretrain / mmdet / mmseg) is taken from the config's ``default_sc
 Multi-process runs go through ``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``;
 without CUDA they run on CPU with the gloo backend.  ``load_from`` (a path or URL, our layout
 or a published one) must fit the model unless the config sets ``load_from_strict = False``.
+Every run checks its losses (``NonFiniteLossHook``): a NaN/Inf loss stops training before the
+optimizer step, naming the iteration and the samples; ``non_finite_loss = 'skip'`` in the
+config skips such batches instead (docs/reliability.md).
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import argparse
 from mmengine.runner import find_latest_checkpoint
 
 from enformer_core.utils.dist import prepare_distributed
-from enformer_core.utils.launch import (LaunchError, adapt_to_machine, build_runner,
+from enformer_core.utils.launch import (LaunchError, adapt_to_machine,
+                                        add_non_finite_loss_hook, build_runner,
                                         check_data_paths, describe_model, load_config,
                                         load_into, parse_common_args, run_main, set_work_dir,
                                         unwrap_model)
@@ -53,6 +57,7 @@ def main(argv=None):
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     adapt_to_machine(cfg)
+    add_non_finite_loss_hook(cfg)
     loaders = ['train_dataloader']
     if cfg.get('val_cfg') is not None and cfg.get('val_dataloader'):
         loaders.append('val_dataloader')

@@ -1,4 +1,4 @@
 """Training-loop extensions registered in MMEngine's root registries."""
-from .hooks import ProgressBarHook, TimeBudgetHook
+from .hooks import NonFiniteLossError, NonFiniteLossHook, ProgressBarHook, TimeBudgetHook
 
-__all__ = ['ProgressBarHook', 'TimeBudgetHook']
+__all__ = ['NonFiniteLossError', 'NonFiniteLossHook', 'ProgressBarHook', 'TimeBudgetHook']

@@ -154,12 +154,60 @@ def build_runner(cfg):
 
 
 def run_main(main) -> None:
-    """Run ``main()``; print LaunchErrors as one clear message and exit with status 2."""
+    """Run ``main()``; print the errors that explain themselves as one clear message instead
+    of a traceback: the user's input (LaunchError, or a checkpoint that cannot be read or does
+    not fit, e.g. through ``init_cfg``) exits with status 2; a training stopped by a non-finite
+    loss (:class:`~enformer_core.engine.NonFiniteLossError`) or by a collective that timed out
+    (``env_cfg.dist_cfg.timeout``: another process hung) with status 1."""
     try:
         main()
-    except LaunchError as exc:
+    except (LaunchError, CheckpointError, WeightsUnavailableError) as exc:
         print(f'ERROR: {exc}', file=sys.stderr, flush=True)
         sys.exit(2)
+    except Exception as exc:
+        if type(exc).__name__ == 'NonFiniteLossError':
+            print(f'ERROR: {exc}', file=sys.stderr, flush=True)
+            sys.exit(1)
+        if _is_dist_timeout(exc):
+            import traceback
+            traceback.print_exc()
+            print(f'ERROR: rank {os.environ.get("RANK", "?")}: a collective operation timed out '
+                  f'({exc}): another process hung or died. The limit is '
+                  f'env_cfg.dist_cfg.timeout (seconds; docs/reliability.md).',
+                  file=sys.stderr, flush=True)
+            sys.exit(1)
+        raise
+
+
+def _is_dist_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective's timeout (gloo: 'Timed out waiting ...ms')."""
+    try:
+        import torch.distributed as dist
+        if not (dist.is_available() and dist.is_initialized()):
+            return False
+    except ImportError:  # pragma: no cover
+        return False
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ('timed out' in text or 'timeout' in text)
+
+
+#: values of the config option ``non_finite_loss`` (tools/train.py)
+NON_FINITE_LOSS_ACTIONS = ('error', 'skip')
+
+
+def add_non_finite_loss_hook(cfg) -> None:
+    """Add ``NonFiniteLossHook`` to ``cfg.custom_hooks`` unless the config has one; its
+    action is the config's ``non_finite_loss`` (``'error'``, the default, or ``'skip'``)."""
+    action = cfg.get('non_finite_loss', 'error')
+    if action not in NON_FINITE_LOSS_ACTIONS:
+        raise LaunchError(f'non_finite_loss must be one of {NON_FINITE_LOSS_ACTIONS}, got '
+                          f'{action!r}')
+    hooks = list(cfg.get('custom_hooks') or [])
+    names = [h.get('type') if isinstance(h, dict) else type(h).__name__ for h in hooks]
+    if not any(n == 'NonFiniteLossHook' or getattr(n, '__name__', None) == 'NonFiniteLossHook'
+               for n in names):
+        hooks.append(dict(type='NonFiniteLossHook', action=action))
+    cfg.custom_hooks = hooks
 
 
 def parse_common_args(p: argparse.ArgumentParser, argv, cfg_example: str):

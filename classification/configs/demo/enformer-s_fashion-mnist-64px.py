@@ -97,6 +97,8 @@ param_scheduler = [
          end=max_iters),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
+# iteration-based: log `Iter(train) [300/3000]`, not `Epoch(train) [1][300/...]`
+log_processor = dict(by_epoch=False)
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),

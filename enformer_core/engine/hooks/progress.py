@@ -1,6 +1,7 @@
 """A one-line progress bar for training and evaluation (logs and terminals alike)."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -50,7 +51,8 @@ class ProgressBarHook(Hook):
         loss = (outputs or {}).get('loss')
         if loss is not None:
             loss = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
-            self._loss = loss if self._loss is None else 0.9 * self._loss + 0.1 * loss
+            if math.isfinite(loss):  # a skipped NaN batch (NonFiniteLossHook) must not stick
+                self._loss = loss if self._loss is None else 0.9 * self._loss + 0.1 * loss
         batch = len(data_batch['inputs']) if data_batch else 1
         if is_iter_based(runner):  # one long "epoch": count the run's iterations
             i, total, extra = runner.iter + 1 - self._start_iter, \
