@@ -74,6 +74,7 @@ def cosine_similarity(centres: torch.Tensor, points: torch.Tensor,
     """``cos(centres[m], points[n])`` as a ``(b, M, N)`` batched matmul (the values and
     gradients of ``F.normalize`` + ``bmm``, with less saved for backward)."""
     if torch.is_grad_enabled() and not torch.jit.is_tracing() and \
+            not torch.compiler.is_compiling() and \
             not torch.is_autocast_enabled(points.device.type):
         return _CosineSimilarity.apply(centres, points, eps)
     return torch.bmm(unit_vectors(centres, eps), unit_vectors(points, eps).transpose(1, 2))

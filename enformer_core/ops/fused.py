@@ -24,8 +24,10 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def tracing() -> bool:
-    """TorchScript tracing (FLOP counting, export): the plain ops, which the counters know."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting()
+    """TorchScript tracing (FLOP counting, export) or ``torch.compile``: the plain ops, which
+    the counters, exporters and compilers know."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting()
+            or torch.compiler.is_compiling())
 
 
 def autocast(x: torch.Tensor) -> bool:
