@@ -194,3 +194,15 @@ def test_tune_malloc_is_accepted_by_glibc():
         assert ok is True
     else:
         assert ok in (True, False)
+
+
+def test_empty_batch_through_the_fused_paths():
+    """A batch of 0 images: forward in every mode and a backward (oneDNN rejects empty
+    reductions; the fused paths fall back to the plain ops there)."""
+    model = create_model('enformer_s')
+    x = torch.randn(0, 3, 64, 64)
+    with torch.inference_mode():
+        assert model.eval()(x).shape == (0, 1000)
+    out = model.train()(x)
+    out.sum().backward()
+    assert out.shape == (0, 1000)

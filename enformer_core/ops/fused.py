@@ -53,7 +53,7 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (HAS_ONEDNN_LINEAR and x.device.type == 'cpu' and x.dtype in _FAST_DTYPES
             and not autocast(x)
             and weight.dtype == x.dtype and type(weight) in _PLAIN and type(x) in _PLAIN
-            and x.shape[-1] == weight.shape[1])
+            and x.shape[-1] == weight.shape[1] > 0)  # (oneDNN rejects empty reductions)
 
 
 def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
