@@ -207,3 +207,25 @@ def test_empty_batch_through_the_fused_paths():
     out = model.train()(x)
     out.sum().backward()
     assert out.shape == (0, 1000)
+
+
+@pytest.mark.parametrize('kernel,dilation,size', [(3, 2, 7), (7, 1, 8), (3, 3, 4)])
+def test_depthwise_conv_function_gradcheck_and_conv_gradients(kernel, dilation, size):
+    """The input gradient as the conv with the flipped kernel: float64 gradcheck, and equal
+    to nn.Conv2d's gradients in fp32 (channels-last, as in the FFN)."""
+    from enformer_core.models.layers import _DepthwiseConv, depthwise_conv2d
+    p = dilation * (kernel - 1) // 2
+    x = _rand(2, 3, size, size + 1).contiguous(memory_format=torch.channels_last)
+    w, b = _rand(3, 1, kernel, kernel), _rand(3)
+    args = tuple(t.requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda *a: _DepthwiseConv.apply(*a, p, dilation), args)
+    conv = torch.nn.Conv2d(8, 8, kernel, padding=p, dilation=dilation, groups=8)
+    xf = torch.randn(2, 8, 16, 16).contiguous(memory_format=torch.channels_last)
+    xf.requires_grad_()
+    out = depthwise_conv2d(xf, conv)
+    assert type(out.grad_fn).__name__ == '_DepthwiseConvBackward'
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad((out * g).sum(), [xf, *conv.parameters()])
+    ref = torch.autograd.grad((conv(xf) * g).sum(), [xf, *conv.parameters()])
+    for a, r in zip(ours, ref):
+        assert torch.allclose(a, r, rtol=1e-5, atol=1e-5)

@@ -71,13 +71,11 @@ class LayerScaleLinear(nn.Module):
         self.gamma = None
 
 
-class _SmallMapDepthwiseConv(torch.autograd.Function):
-    """Depthwise conv whose weight gradient is computed as ``k*k`` channels-last reductions.
-
-    oneDNN's depthwise weight gradient is pathologically slow when the map is smaller than
-    the kernel (a 2x2 map with a 3x3 kernel: ~14 ms for 32 x 320 channels, 7x the rest of the
-    conv); the forward pass and the input gradient stay PyTorch's own.
-    """
+class _DepthwiseConv(torch.autograd.Function):
+    """Stride-1, "same"-padded depthwise conv whose input gradient is the forward conv with
+    the flipped kernel (the transposed conv, exactly): oneDNN's backward-data of a dilated
+    depthwise kernel is 3-9x slower than that (EnFormer-L's stage-2 branches).  The weight
+    gradient stays PyTorch's."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding: int, dilation: int):
@@ -87,34 +85,59 @@ class _SmallMapDepthwiseConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        p, d = ctx.padding, ctx.dilation
-        channels, k = weight.shape[0], weight.shape[-1]
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, (1, 1), (p, p), (d, d), False, (0, 0), channels,
-                (True, False, False))[0]
-        if ctx.needs_input_grad[1]:
-            h, w = x.shape[-2:]
-            xp = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
-            g = grad.permute(0, 2, 3, 1)
-            taps = [(xp[:, u * d:u * d + h, v * d:v * d + w] * g).sum((0, 1, 2))
-                    for u in range(k) for v in range(k)]
-            grad_w = torch.stack(taps, 1).view_as(weight)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
+        return _depthwise_backward(ctx, grad, _aten_weight_grad)
+
+
+class _SmallMapDepthwiseConv(_DepthwiseConv):
+    """Depthwise conv whose weight gradient is computed as ``k*k`` channels-last reductions.
+
+    oneDNN's depthwise weight gradient is pathologically slow when the map is smaller than
+    the kernel (a 2x2 map with a 3x3 kernel: ~14 ms for 32 x 320 channels, 7x the rest of the
+    conv); the forward pass is PyTorch's own.
+    """
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _depthwise_backward(ctx, grad, _taps_weight_grad)
+
+
+def _aten_weight_grad(grad, x, weight, p: int, d: int) -> torch.Tensor:
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, (1, 1), (p, p), (d, d), False, (0, 0), weight.shape[0],
+        (False, True, False))[1]
+
+
+def _taps_weight_grad(grad, x, weight, p: int, d: int) -> torch.Tensor:
+    h, w, k = x.shape[-2], x.shape[-1], weight.shape[-1]
+    xp = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
+    g = grad.permute(0, 2, 3, 1)
+    taps = [(xp[:, u * d:u * d + h, v * d:v * d + w] * g).sum((0, 1, 2))
+            for u in range(k) for v in range(k)]
+    return torch.stack(taps, 1).view_as(weight)
+
+
+def _depthwise_backward(ctx, grad, weight_grad):
+    x, weight = ctx.saved_tensors
+    p, d = ctx.padding, ctx.dilation
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:  # the transposed conv = the conv with the flipped kernel
+        grad_x = F.conv2d(grad, weight.flip(-1, -2), None, 1, p, d, weight.shape[0])
+    if ctx.needs_input_grad[1]:
+        grad_w = weight_grad(grad, x, weight, p, d)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = grad.sum((0, 2, 3))
+    return grad_x, grad_w, grad_b, None, None
 
 
 def depthwise_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)`` for a depthwise, stride-1 ``conv``; same values and gradients, but maps
-    smaller than the dilated kernel take :class:`_SmallMapDepthwiseConv` (far faster there)."""
+    """``conv(x)`` for a depthwise, stride-1, "same"-padded ``conv``; same values and
+    gradients, faster backward: :class:`_DepthwiseConv`, or :class:`_SmallMapDepthwiseConv`
+    for maps smaller than the dilated kernel."""
+    if not fused.custom_grad(x) or not (x.requires_grad or conv.weight.requires_grad):
+        return conv(x)
     span = conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
-    if torch.is_grad_enabled() and conv.weight.requires_grad and min(x.shape[-2:]) < span:
-        return _SmallMapDepthwiseConv.apply(x, conv.weight, conv.bias, conv.padding[0],
-                                            conv.dilation[0])
-    return conv(x)
+    fn = _SmallMapDepthwiseConv if min(x.shape[-2:]) < span else _DepthwiseConv
+    return fn.apply(x, conv.weight, conv.bias, conv.padding[0], conv.dilation[0])
 
 
 # extra (kernel, dilation) branches of the re-parameterisable depthwise conv, by main kernel
