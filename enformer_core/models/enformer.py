@@ -64,7 +64,7 @@ class ClusterFFN(nn.Module):
         super().__init__()
         self.dwconv = ReparamDWConv(dim, kernel_size, deploy)
         self.fc1 = nn.Linear(dim, ratio * dim)
-        self.act = nn.SiLU()
+        self.act = nn.SiLU()  # (what the FFN applies; forward fuses it with the Linears)
         self.fc2 = LayerScaleLinear(ratio * dim, dim, layer_scale_init_value, deploy)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
