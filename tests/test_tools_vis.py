@@ -72,3 +72,14 @@ def test_load_model_with_checkpoint(tmp_path):
     assert other.notes[0].endswith('690 tensors loaded')  # and nothing missing or unexpected
     for k, v in lm.model.state_dict().items():
         assert torch.equal(v, other.model.state_dict()[k])
+
+
+def test_load_model_takes_the_configs_data_preprocessor(repo_root):
+    """mmpretrain configs put the normalisation in a top-level ``data_preprocessor``; the
+    tools' model must normalise as the Runner's does."""
+    lm = load_model(str(repo_root / 'classification/configs/demo/enformer-s_fashion-mnist-64px.py'))
+    pre = lm.model.data_preprocessor
+    mean = torch.tensor(lm.config.data_preprocessor['mean'], dtype=torch.float32)
+    assert torch.allclose(pre.mean.flatten(), mean)
+    x = {'inputs': [torch.full((3, 64, 64), 255, dtype=torch.uint8)], 'data_samples': None}
+    assert pre(x, False)['inputs'].abs().max() < 10   # normalised, not raw 0-255

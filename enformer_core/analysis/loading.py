@@ -100,6 +100,10 @@ def _load_from_config(path: str) -> LoadedModel:
             raise RuntimeError(f'config {path} needs the {scope!r} toolbox: {e}') from e
     task = SCOPE_TASKS.get(scope, 'classification')
     model_cfg = copy.deepcopy(cfg.model)
+    # as mmengine's Runner does: a top-level data_preprocessor (mmpretrain's configs) is the
+    # model's unless the model names its own
+    if cfg.get('data_preprocessor') is not None:
+        model_cfg.setdefault('data_preprocessor', copy.deepcopy(cfg.data_preprocessor))
     # a Pretrained init_cfg would try to read weights: this tool loads them itself
     _strip_pretrained(model_cfg)
     model = MODELS.build(model_cfg)
