@@ -33,14 +33,17 @@ def test_benchmark_smoke_writes_json_and_markdown(load_tool, tmp_path, capsys):
 def test_model_zoo_markdown(load_tool):
     bench = load_tool('tools/analysis/benchmark.py')
     cx = dict(params=8_531_184, params_paper_mi=8_506_224 / 2 ** 20, gflops=1.13696)
-    ev = dict(batch=32, warmup=3, iters=10, img_s=41.234)
+    ev = dict(batch=32, warmup=3, iters=10, img_s=41.234, sgemm_share=0.5)
     rows = [dict(model='enformer_s', form='train-graph', complexity=cx, eval=ev),
             dict(model='enformer_s', form='deploy', complexity=cx, eval=dict(ev, img_s=50.0)),
             dict(model='coc_tiny', form='train-graph', complexity=dict(cx, params_paper_mi=5.3),
                  eval=ev),
             dict(model='coc_tiny', form='deploy', skipped='no reparameterize()')]
     machine = dict(cpu='X', threads=2, nproc=2, loadavg=[1.0], torch='2')
-    zoo = bench.markdown(rows, machine, 'python tools/analysis/benchmark.py all')
-    assert '| enformer_s | 8,531,184 | 8.11 Mi | 1.137 | 41.2 | 50.0 |' in zoo
-    assert '| coc_tiny |' in zoo and zoo.count('| n/a |') == 1
+    rates = dict(sgemm=100.0, sgemm_onednn=240.0)
+    zoo = bench.markdown(rows, machine, 'python tools/analysis/benchmark.py all', rates)
+    # sizes, the published top-1 (from the weights table), both forms, the faster form's share
+    assert '| enformer_s | 8,531,184 | 8.11 M | 1.137 | 78.9 | 41.2 | 50.0 | 50 % |' in zoo
+    assert '| coc_tiny | 8,531,184 | 5.30 M | 1.137 | 73.2 | 41.2 | n/a | 50 % |' in zoo
+    assert 'at 100 GFLOP/s and oneDNN fp32 at 240 GFLOP/s' in zoo
     assert 'python tools/analysis/benchmark.py all' in zoo
