@@ -35,6 +35,7 @@ import torch
 from .checkpoint import check_finite, load_checkpoint, torch_load, unwrap_state_dict
 from .datasets.images import list_images, load_image
 from .hub import label_names, resolve_file
+from .utils.launch import load_config
 
 TASKS = {'mmpretrain': 'classification', 'mmcls': 'classification', 'mmdet': 'detection',
          'mmseg': 'segmentation'}
@@ -75,9 +76,11 @@ class Predictor:
             raise ImportError("inference from a config needs the OpenMMLab stack: pip install "
                               "'enformer_core[mm]' (mmcv with compiled ops: tools/setup_env.sh)"
                               ) from None
-        cfg = copy.deepcopy(config) if isinstance(config, Config) else Config.fromfile(config)
-        if cfg_options:
-            cfg.merge_from_dict(cfg_options)
+        if isinstance(config, Config):
+            cfg = copy.deepcopy(config)
+            cfg.merge_from_dict(cfg_options or {})
+        else:  # checks the enformer_core import and the toolbox scope, as the launchers do
+            cfg = load_config(config, cfg_options)
         scope = cfg.get('default_scope')
         if scope not in TASKS:
             raise ValueError(f'config {getattr(cfg, "filename", config)} has default_scope '

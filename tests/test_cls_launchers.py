@@ -1,6 +1,5 @@
 """tools/train.py, tools/test.py, tools/dist_train.sh, --resume and `mim test` on a tiny slice
 of Fashion-MNIST (EnFormer-S at 32 px), plus the errors for bad input."""
-import gzip
 import importlib.util
 import json
 import time
@@ -10,14 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / 'tools'
 DEMO = ROOT / 'classification/configs/demo/enformer-s_fashion-mnist-64px.py'
-FMNIST = Path('/usr/share/datasets/fashion-mnist')
 
 
 def _load_tool(name):
@@ -35,15 +32,9 @@ def _load_tool(name):
 
 train_tool = _load_tool('train')
 test_tool = _load_tool('test')
-
-
-def _slice(stem, n, offset):
-    """First n records of a real Fashion-MNIST IDX file (reads only what it needs)."""
-    item = 784 if 'images' in stem else 1
-    with gzip.open(FMNIST / f'{stem}.gz') as f:
-        data = f.read(offset + n * item)[offset:]
-    arr = np.frombuffer(data, np.uint8)
-    return arr.reshape(n, 28, 28) if item == 784 else arr
+if str(ROOT / 'tests' / 'assets') not in sys.path:
+    sys.path.insert(0, str(ROOT / 'tests' / 'assets'))
+from reliability_helpers import fashion_mnist_slice as _slice  # noqa: E402
 
 
 def _write_idx(path, arr):

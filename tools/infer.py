@@ -72,11 +72,12 @@ def main(argv=None) -> int:
     from enformer_core.checkpoint import CheckpointError
     from enformer_core.hub import WeightsUnavailableError
     from enformer_core.inference import Predictor, unique_names
+    from enformer_core.utils.launch import LaunchError
     t0 = time.perf_counter()
     try:
         predictor = Predictor(args.config, args.checkpoint, args.device, args.dtype,
                               args.score_thr, args.topk, _cfg_options(args.cfg_options))
-    except (CheckpointError, WeightsUnavailableError) as exc:
+    except (CheckpointError, WeightsUnavailableError, LaunchError) as exc:
         sys.exit(f'error: {exc}')
     print(f'[infer] {predictor.task}: {predictor.config_name}, weights {args.checkpoint}'
           + (f' ({str(predictor.report).splitlines()[0]})' if predictor.report else

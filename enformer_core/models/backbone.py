@@ -14,9 +14,9 @@ A family (EnFormer, Context Clusters, FEC, ClusterFormer) is a subclass that sup
 * ``published_layout``: the key layout of the family's official checkpoints
   (:class:`~enformer_core.checkpoint.PublishedLayout`), converted when they are loaded.
 
-A subclass's ``__init__`` calls ``super().__init__`` (resolution and the shared options:
-``out_indices``, ``frozen_stages``, ``norm_eval``, ``with_cp``, ``drop_path_rate``,
-``gap_before_final_norm``, ``init_cfg``), stores its own options, then ``self.build()``.
+A subclass's ``__init__`` calls ``super().__init__`` with its own ``options`` (resolution and the
+shared options: ``out_indices``, ``frozen_stages``, ``norm_eval``, ``with_cp``,
+``drop_path_rate``, ``gap_before_final_norm``, ``init_cfg``), then ``self.build()``.
 """
 from __future__ import annotations
 
@@ -94,6 +94,7 @@ class ClusterBackbone(BaseModule):
             loads our layout or the family's published one.  A checkpoint that does not fit is
             an error (the report names the keys) unless ``strict=False`` is given in it.
         overrides: per-variant entries replaced by the subclass's own arguments.
+        options: the subclass's own options, stored as attributes before anything is built.
     """
 
     arch_settings: Dict[str, dict] = {}
@@ -111,8 +112,11 @@ class ClusterBackbone(BaseModule):
                  in_channels: int = 3, out_indices: Sequence[int] = (3,),
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
                  drop_path_rate: float = 0.0, gap_before_final_norm: bool = True,
-                 init_cfg: Optional[dict] = None, overrides: Optional[dict] = None):
+                 init_cfg: Optional[dict] = None, overrides: Optional[dict] = None,
+                 options: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
+        for name, value in (options or {}).items():  # the family's own options, for its builders
+            setattr(self, name, value)
         self.arch = self.resolve_arch(arch, clustering, overrides)
         self.embed_dims = list(self.arch['embed_dims'])
         self.num_stages = len(self.embed_dims)

@@ -14,6 +14,7 @@ A classifier's state dict has the mmpretrain ``ImageClassifier`` layout (``backb
 from __future__ import annotations
 
 import fnmatch
+import functools
 from typing import Callable, Dict, List, Optional, Sequence, Set, Union
 
 import torch
@@ -29,6 +30,24 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Make ``fn`` (a function building a classifier) a :func:`create_model` name."""
     _MODEL_ENTRIES[fn.__name__] = fn
     return fn
+
+
+def build_classifier(backbone_cls, arch: str, num_classes: int = 1000,
+                     **kwargs) -> 'ClusterClassifier':
+    """``backbone_cls(arch)`` pooled at its last stage, plus a linear head (no drop path unless
+    asked: the published evaluation and fine-tuning defaults)."""
+    kwargs.setdefault('drop_path_rate', 0.0)
+    kwargs.setdefault('out_indices', (3,))
+    kwargs.setdefault('gap_before_final_norm', True)
+    return ClusterClassifier(backbone_cls(arch, **kwargs), num_classes)
+
+
+def register_variants(backbone_cls, variants: Dict[str, str]) -> None:
+    """Register one :func:`create_model` name per variant: ``{'enformer_s': 's', ...}``."""
+    for name, arch in variants.items():
+        entry = functools.partial(build_classifier, backbone_cls, arch)
+        entry.__name__ = name
+        _MODEL_ENTRIES[name] = entry
 
 
 def list_models(pattern: str = '*', pretrained: bool = False) -> List[str]:

@@ -18,7 +18,7 @@ The released code does not match the paper (``docs/baselines.md``), so this is t
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -26,14 +26,14 @@ import torch.nn.functional as F
 
 from ..ops.clustering import cosine_similarity
 from ..registry import MODELS
-from .classifier import ClusterClassifier, register_model
-from .layers import to_2tuple
-from .metaformer import ConvDownsample, MetaFormerBackbone, Mlp, metaformer_classifier
+from .classifier import register_variants
+from .layers import RecordsAssignment, to_2tuple
+from .metaformer import ConvDownsample, MetaFormerBackbone, Mlp
 
 CENTRE_NORMS = ('mass', 'none')
 
 
-class RecurrentClusteringMixer(nn.Module):
+class RecurrentClusteringMixer(RecordsAssignment, nn.Module):
     """Recurrent cross-attention clustering + feature dispatching on a ``(B, C, H, W)`` map.
 
     Args:
@@ -72,12 +72,7 @@ class RecurrentClusteringMixer(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
-        self.record = False
-        self.last_assignment: Optional[torch.Tensor] = None
-
-    @property
-    def num_centres(self) -> int:
-        return self.centre_grid[0] * self.centre_grid[1]
+        self.num_centres = self.centre_grid[0] * self.centre_grid[1]
 
     def extra_repr(self) -> str:
         return (f'heads={self.num_heads}, head_dim={self.head_dim}, K={self.num_centres}, '
@@ -109,8 +104,7 @@ class RecurrentClusteringMixer(nn.Module):
                 resp = resp / (resp.sum(-1, keepdim=True) + 1e-6)
             centres_h = torch.bmm(resp, values)  # M-step (B*heads, K, d)
             centres = self._merge(centres_h, b)
-        if self.record:
-            self.last_assignment = resp.detach()
+        self.keep_assignment(resp)
         # Eq. 6: every point receives the similarity-weighted mean of the centres
         sim = cosine_similarity(centres_h, values)  # (B*heads, K, N)
         out = torch.bmm(sim.transpose(1, 2), centres_h) / self.num_centres
@@ -141,11 +135,9 @@ class ClusterFormer(MetaFormerBackbone):
 
     def __init__(self, arch: Union[str, dict] = 'tiny', num_centres=100, iterations: int = 3,
                  init_ffn_ratio: float = 0.5, centre_norm: str = 'mass', **kwargs):
-        super().__init__(arch, **kwargs)
-        self.num_centres = num_centres
-        self.iterations = iterations
-        self.init_ffn_ratio = init_ffn_ratio
-        self.centre_norm = centre_norm
+        super().__init__(arch, options=dict(num_centres=num_centres, iterations=iterations,
+                                            init_ffn_ratio=init_ffn_ratio,
+                                            centre_norm=centre_norm), **kwargs)
         self.build()
 
     def build_mixer(self, stage: int, index: int) -> nn.Module:
@@ -158,11 +150,5 @@ class ClusterFormer(MetaFormerBackbone):
                               kernel_size=2, stride=2)
 
 
-@register_model
-def clusterformer_tiny(**kwargs) -> ClusterClassifier:
-    return metaformer_classifier(ClusterFormer, 'tiny', **kwargs)
-
-
-@register_model
-def clusterformer_small(**kwargs) -> ClusterClassifier:
-    return metaformer_classifier(ClusterFormer, 'small', **kwargs)
+# the plain-PyTorch classifiers: create_model('clusterformer_tiny'), ...
+register_variants(ClusterFormer, {'clusterformer_tiny': 'tiny', 'clusterformer_small': 'small'})

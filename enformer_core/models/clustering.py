@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..ops import clustering as ops
 from ..ops import fused
-from .layers import LayerScaleLinear, to_2tuple
+from .layers import LayerScaleLinear, RecordsAssignment, to_2tuple
 
 CLUSTERINGS: Dict[str, Type['BaseClustering']] = {}
 
@@ -68,7 +68,7 @@ def pool_tokens(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return y.permute(0, 2, 3, 1).reshape(b, size[0] * size[1], c)
 
 
-class BaseClustering(nn.Module):
+class BaseClustering(RecordsAssignment, nn.Module):
     """One differentiable clustering step over the points of one head.
 
     A subclass is one assignment rule: it overrides :meth:`assign` (and, for the GMM E-step,
@@ -104,9 +104,6 @@ class BaseClustering(nn.Module):
             self.key_centre_proj = nn.Linear(head_dim, head_dim)
             self.value_centre_bias = nn.Parameter(torch.zeros(m, head_dim))
             self.value_centre_proj = nn.Linear(head_dim, head_dim)
-        # set by the visualisation tools (enformer_core.analysis.record_assignments)
-        self.record = False
-        self.last_assignment: Optional[torch.Tensor] = None
 
     @property
     def rule(self) -> str:
@@ -148,7 +145,7 @@ class BaseClustering(nn.Module):
         sim = self.similarity(centres, key_points)
         weights, denom = self.assign(sim)
         if self.record:
-            self.last_assignment = self.membership(sim, weights).detach()
+            self.keep_assignment(self.membership(sim, weights))
         return ops.aggregate(weights, value_points, init_values, denom)
 
 
@@ -208,7 +205,7 @@ def build_clustering(cfg: dict, head_dim: int, gumbel: bool = True) -> BaseClust
     return CLUSTERINGS[kind](head_dim=head_dim, **cfg)
 
 
-class ConsensusAggregation(nn.Module):
+class ConsensusAggregation(RecordsAssignment, nn.Module):
     """Fuse the centres of all base clusterings back into the points:
     ``Y[n] = sum_m softmax_m(a[m] cos(Z[m], q_n) + c[m]) Z[m]``."""
 
@@ -217,14 +214,12 @@ class ConsensusAggregation(nn.Module):
         self.num_centres = num_centres
         self.sim_alpha = nn.Parameter(torch.ones(num_centres))
         self.sim_beta = nn.Parameter(torch.zeros(num_centres))
-        self.record = False
-        self.last_assignment: Optional[torch.Tensor] = None
 
     def forward(self, centres: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         if self.record:
             g = ops.cosine_similarity(centres, queries) * self.sim_alpha.view(1, -1, 1) \
                 + self.sim_beta.view(1, -1, 1)
-            self.last_assignment = g.softmax(dim=1).detach()
+            self.keep_assignment(g.softmax(dim=1))
         return ops.consensus(centres, queries, self.sim_alpha, self.sim_beta)
 
 

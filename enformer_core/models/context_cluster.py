@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from ..checkpoint import PublishedLayout
 from ..ops.clustering import cosine_similarity, gather_dispatch, segment_aggregate
 from ..registry import MODELS
-from .classifier import ClusterClassifier, register_model
-from .layers import to_2tuple
-from .metaformer import MetaFormerBackbone, metaformer_classifier
+from .classifier import register_variants
+from .layers import RecordsAssignment, to_2tuple
+from .metaformer import MetaFormerBackbone
 
 
 # --------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def partition(x: torch.Tensor, fold: Tuple[int, int], multiple: Tuple[int, int] 
 # --------------------------------------------------------------------------------------
 # the Context Cluster mixer (also FEC's, with unweighted aggregation)
 # --------------------------------------------------------------------------------------
-class ContextClusterMixer(nn.Module):
+class ContextClusterMixer(RecordsAssignment, nn.Module):
     """Region-wise hard clustering of points (CoC) on a channels-first map.
 
     Args:
@@ -128,13 +128,7 @@ class ContextClusterMixer(nn.Module):
         self.f = nn.Conv2d(dim, inner, 1)
         self.v = nn.Conv2d(dim, inner, 1)
         self.proj = nn.Conv2d(inner, dim, 1)
-        #: set ``record = True`` to keep the last assignment (b*heads*regions, N) for plots
-        self.record = False
-        self.last_assignment: Optional[torch.Tensor] = None
-
-    @property
-    def num_centres(self) -> int:
-        return self.proposal[0] * self.proposal[1]
+        self.num_centres = self.proposal[0] * self.proposal[1]
 
     def extra_repr(self) -> str:
         return (f'heads={self.num_heads}, head_dim={self.head_dim}, proposal={self.proposal}, '
@@ -166,8 +160,7 @@ class ContextClusterMixer(nn.Module):
             weight = point_ok  # None: every point counts once
         g = segment_aggregate(v, index, weight, vc, self.use_scatter)  # (bb, M, d)
         out = gather_dispatch(g, index, s)  # (bb, N, d)
-        if self.record:
-            self.last_assignment = index.detach()
+        self.keep_assignment(index)  # (b*heads*regions, N), for pictures
         out = out.transpose(1, 2).reshape(bb, d, rh, rw)
         out = unfold_regions(out, self.fold)[:, :, :h, :w]
         return self.proj(out.reshape(b, e * d, h, w))
@@ -190,6 +183,11 @@ COC_LAYOUT = PublishedLayout('Context Clusters', COC_SIGNATURE, COC_LAYOUT_PAIRS
                              COC_CLASSIFIER_PAIRS, COC_DENSE_PAIRS)
 
 
+def _arch(dims, depths, heads, head_dim, proposal, fold) -> dict:
+    return dict(embed_dims=dims, depths=depths, mlp_ratios=[8, 8, 4, 4], num_heads=heads,
+                head_dim=head_dim, proposal=proposal, fold=fold)
+
+
 @MODELS.register_module()
 class ContextCluster(MetaFormerBackbone):
     """Context Cluster backbone (``coc_tiny``, ``coc_tiny_plain``, ``coc_small``,
@@ -205,54 +203,40 @@ class ContextCluster(MetaFormerBackbone):
         use_scatter: segment sums through torch-scatter (``None``: when installed).
     """
 
+    #: embed_dims, depths, num_heads, head_dim, proposal (p per side), fold (regions per side);
+    #: MLP ratios 8, 8, 4, 4 in every variant
     arch_settings = {
-        'tiny': dict(embed_dims=[32, 64, 196, 320], depths=[3, 4, 5, 2],
-                     mlp_ratios=[8, 8, 4, 4], num_heads=[4, 4, 8, 8], head_dim=24,
-                     proposal=[2, 2, 2, 2], fold=[8, 4, 2, 1]),
-        'tiny_plain': dict(embed_dims=[32, 64, 196, 320], depths=[3, 4, 5, 2],
-                           mlp_ratios=[8, 8, 4, 4], num_heads=[4, 4, 8, 8], head_dim=24,
-                           proposal=[4, 4, 2, 2], fold=[1, 1, 1, 1]),
-        'small': dict(embed_dims=[64, 128, 320, 512], depths=[2, 2, 6, 2],
-                      mlp_ratios=[8, 8, 4, 4], num_heads=[4, 4, 8, 8], head_dim=32,
-                      proposal=[2, 2, 2, 2], fold=[8, 4, 2, 1]),
-        'medium': dict(embed_dims=[64, 128, 320, 512], depths=[4, 4, 12, 4],
-                       mlp_ratios=[8, 8, 4, 4], num_heads=[6, 6, 12, 12], head_dim=32,
-                       proposal=[2, 2, 2, 2], fold=[8, 4, 2, 1]),
+        'tiny': _arch([32, 64, 196, 320], [3, 4, 5, 2], [4, 4, 8, 8], 24, [2] * 4, [8, 4, 2, 1]),
+        'tiny_plain': _arch([32, 64, 196, 320], [3, 4, 5, 2], [4, 4, 8, 8], 24, [4, 4, 2, 2],
+                            [1] * 4),
+        'small': _arch([64, 128, 320, 512], [2, 2, 6, 2], [4, 4, 8, 8], 32, [2] * 4, [8, 4, 2, 1]),
+        'medium': _arch([64, 128, 320, 512], [4, 4, 12, 4], [6, 6, 12, 12], 32, [2] * 4,
+                        [8, 4, 2, 1]),
     }
     arch_aliases = {'t': 'tiny', 's': 'small', 'm': 'medium', 'tiny-plain': 'tiny_plain',
                     'plain': 'tiny_plain', 'coc_tiny_plain': 'tiny_plain'}
     arch_keys = MetaFormerBackbone.arch_keys + ('proposal', 'fold')
     per_stage_keys = MetaFormerBackbone.per_stage_keys + ('proposal', 'fold')
     published_layout = COC_LAYOUT
+    #: the aggregation weights each point by its similarity (FEC: an unweighted mean)
+    weighted_aggregation = True
 
     def __init__(self, arch: Union[str, dict] = 'tiny', proposal=None, fold=None,
-                 use_scatter: Optional[bool] = None, **kwargs):
-        super().__init__(arch, overrides=dict(proposal=proposal, fold=fold), **kwargs)
-        self.use_scatter = use_scatter
+                 use_scatter: Optional[bool] = None, clustering=None, overrides=None,
+                 options=None, **kwargs):
+        super().__init__(arch, clustering,
+                         overrides=dict(overrides or {}, proposal=proposal, fold=fold),
+                         options=dict(options or {}, use_scatter=use_scatter), **kwargs)
         self.build()
 
     def build_mixer(self, stage: int, index: int) -> nn.Module:
         a = self.arch
         return ContextClusterMixer(a['embed_dims'][stage], a['num_heads'][stage], a['head_dim'],
-                                   a['proposal'][stage], a['fold'][stage], weighted=True,
+                                   a['proposal'][stage], a['fold'][stage],
+                                   weighted=self.weighted_aggregation,
                                    use_scatter=self.use_scatter)
 
 
-@register_model
-def coc_tiny(**kwargs) -> ClusterClassifier:
-    return metaformer_classifier(ContextCluster, 'tiny', **kwargs)
-
-
-@register_model
-def coc_tiny_plain(**kwargs) -> ClusterClassifier:
-    return metaformer_classifier(ContextCluster, 'tiny_plain', **kwargs)
-
-
-@register_model
-def coc_small(**kwargs) -> ClusterClassifier:
-    return metaformer_classifier(ContextCluster, 'small', **kwargs)
-
-
-@register_model
-def coc_medium(**kwargs) -> ClusterClassifier:
-    return metaformer_classifier(ContextCluster, 'medium', **kwargs)
+# the plain-PyTorch classifiers: create_model('coc_tiny'), ...
+register_variants(ContextCluster, {'coc_tiny': 'tiny', 'coc_tiny_plain': 'tiny_plain',
+                                   'coc_small': 'small', 'coc_medium': 'medium'})

@@ -23,7 +23,7 @@ from ..checkpoint import PublishedLayout
 from ..ops import fused
 from ..registry import MODELS
 from .backbone import ClusterBackbone, drop_path_schedule
-from .classifier import ClusterClassifier, register_model
+from .classifier import register_variants
 from .clustering import BaseClustering, ConsensusAggregation, EnsembleClustering
 from .layers import DropPath, LayerNorm2d, LayerScaleLinear, ReparamDWConv
 
@@ -108,37 +108,33 @@ def _grids(fuzzy, partitional) -> List[dict]:
             dict(type='PartitionalClustering', grid=partitional)]
 
 
-_BLOCK = 'stages.{s}.blocks.{b}.'
+#: keys inside a block, ``stages.{s}.blocks.{b}.<official>`` <-> ``backbone.stages.{s}.blocks.{b}.<ours>``
+_BLOCK_KEYS = [
+    ('cluster.sim_{p:any}', 'mixer.consensus.sim_{p:any}'),
+    ('cluster.proj.linear.1.{p:any}', 'mixer.proj_in.{p:any}'),
+    ('cluster.cluster_module_{k}.{p:any}', 'mixer.clusterings.{k}.{p:any}'),
+    ('cluster.proj2.gamma', 'mixer.proj_out.gamma'),
+    ('cluster.proj2.linear.1.{p:any}', 'mixer.proj_out.fc.{p:any}'),
+    ('ffn.ffn_layers.0.conv.{p:any}', 'ffn.dwconv.conv.{p:any}'),
+    ('ffn.ffn_layers.0.bn.{p:any}', 'ffn.dwconv.bn.{p:any}'),
+    ('ffn.ffn_layers.0.norm.{p:any}', 'ffn.dwconv.bn_out.{p:any}'),
+    ('ffn.ffn_layers.0.conv_{i}.{p:any}', 'ffn.dwconv.branch_convs.{i}.{p:any}'),
+    ('ffn.ffn_layers.0.bn_{i}.{p:any}', 'ffn.dwconv.branch_bns.{i}.{p:any}'),
+    ('ffn.ffn_layers.1.linear.1.{p:any}', 'ffn.fc1.{p:any}'),
+    ('ffn.ffn_layers.3.gamma', 'ffn.fc2.gamma'),
+    ('ffn.ffn_layers.3.linear.0.{p:any}', 'ffn.fc2.fc.{p:any}'),
+    ('norm{i}.{p:any}', 'norm{i}.{p:any}'),
+]
 #: the official checkpoints' keys (un-fused and re-parameterised) <-> ours
 ENFORMER_LAYOUT = PublishedLayout(
     name='EnFormer',
     signature=r'stages\.\d+\.blocks\.\d+\.cluster\.',
-    common=[
-        ('stem.aggregate{i}.{p:any}', 'backbone.stem.conv{i}.{p:any}'),
-        ('stem.norm{i}.{p:any}', 'backbone.stem.norm{i}.{p:any}'),
-        (_BLOCK + 'cluster.sim_{p:any}', 'backbone.' + _BLOCK + 'mixer.consensus.sim_{p:any}'),
-        (_BLOCK + 'cluster.proj.linear.1.{p:any}', 'backbone.' + _BLOCK + 'mixer.proj_in.{p:any}'),
-        (_BLOCK + 'cluster.cluster_module_{k}.{p:any}',
-         'backbone.' + _BLOCK + 'mixer.clusterings.{k}.{p:any}'),
-        (_BLOCK + 'cluster.proj2.gamma', 'backbone.' + _BLOCK + 'mixer.proj_out.gamma'),
-        (_BLOCK + 'cluster.proj2.linear.1.{p:any}',
-         'backbone.' + _BLOCK + 'mixer.proj_out.fc.{p:any}'),
-        (_BLOCK + 'ffn.ffn_layers.0.conv.{p:any}', 'backbone.' + _BLOCK + 'ffn.dwconv.conv.{p:any}'),
-        (_BLOCK + 'ffn.ffn_layers.0.bn.{p:any}', 'backbone.' + _BLOCK + 'ffn.dwconv.bn.{p:any}'),
-        (_BLOCK + 'ffn.ffn_layers.0.norm.{p:any}',
-         'backbone.' + _BLOCK + 'ffn.dwconv.bn_out.{p:any}'),
-        (_BLOCK + 'ffn.ffn_layers.0.conv_{i}.{p:any}',
-         'backbone.' + _BLOCK + 'ffn.dwconv.branch_convs.{i}.{p:any}'),
-        (_BLOCK + 'ffn.ffn_layers.0.bn_{i}.{p:any}',
-         'backbone.' + _BLOCK + 'ffn.dwconv.branch_bns.{i}.{p:any}'),
-        (_BLOCK + 'ffn.ffn_layers.1.linear.1.{p:any}', 'backbone.' + _BLOCK + 'ffn.fc1.{p:any}'),
-        (_BLOCK + 'ffn.ffn_layers.3.gamma', 'backbone.' + _BLOCK + 'ffn.fc2.gamma'),
-        (_BLOCK + 'ffn.ffn_layers.3.linear.0.{p:any}',
-         'backbone.' + _BLOCK + 'ffn.fc2.fc.{p:any}'),
-        (_BLOCK + 'norm{i}.{p:any}', 'backbone.' + _BLOCK + 'norm{i}.{p:any}'),
-        ('stages.{s}.down.aggregate.{p:any}', 'backbone.stages.{s}.downsample.conv.{p:any}'),
-        ('stages.{s}.down.norm.{p:any}', 'backbone.stages.{s}.downsample.norm.{p:any}'),
-    ],
+    common=[('stem.aggregate{i}.{p:any}', 'backbone.stem.conv{i}.{p:any}'),
+            ('stem.norm{i}.{p:any}', 'backbone.stem.norm{i}.{p:any}'),
+            ('stages.{s}.down.aggregate.{p:any}', 'backbone.stages.{s}.downsample.conv.{p:any}'),
+            ('stages.{s}.down.norm.{p:any}', 'backbone.stages.{s}.downsample.norm.{p:any}')]
+    + [('stages.{s}.blocks.{b}.' + a, 'backbone.stages.{s}.blocks.{b}.' + b)
+       for a, b in _BLOCK_KEYS],
     classifier=[('classifier_pre_norm.{p:any}', 'backbone.post_norm3.{p:any}'),
                 ('head.{p:any}', 'head.fc.{p:any}')],
     dense=[('post_norm{i}.{p:any}', 'backbone.post_norm{i}.{p:any}')],
@@ -206,14 +202,11 @@ class EnFormer(ClusterBackbone):
                  clamp_agents: bool = False,
                  drop_path_rate: float = 0.0,
                  **kwargs):
-        super().__init__(arch, clustering, drop_path_rate=drop_path_rate, **kwargs)
+        super().__init__(arch, clustering, drop_path_rate=drop_path_rate, options=dict(
+            layer_scale_init_value=layer_scale_init_value, ffn_ratio=ffn_ratio, deploy=deploy,
+            gumbel=gumbel, clamp_agents=clamp_agents), **kwargs)
         ffn_rate = drop_path_rate if ffn_drop_path_rate is None else ffn_drop_path_rate
         self.ffn_drop_path_rates = drop_path_schedule(ffn_rate, sum(self.arch['depths']))
-        self.layer_scale_init_value = layer_scale_init_value
-        self.ffn_ratio = ffn_ratio
-        self.deploy = deploy
-        self.gumbel = gumbel
-        self.clamp_agents = clamp_agents
         self.build()
 
     # ------------------------------------------------------------------ parts
@@ -266,26 +259,5 @@ class EnFormer(ClusterBackbone):
         return self
 
 
-# --------------------------------------------------------------------------------------
-# plain-PyTorch classifiers (create_model names)
-# --------------------------------------------------------------------------------------
-def _enformer_classifier(arch: str, num_classes: int = 1000, **kwargs) -> ClusterClassifier:
-    kwargs.setdefault('drop_path_rate', 0.0)
-    kwargs.setdefault('out_indices', (3,))
-    kwargs.setdefault('gap_before_final_norm', True)
-    return ClusterClassifier(EnFormer(arch, 'classification', **kwargs), num_classes)
-
-
-@register_model
-def enformer_s(**kwargs) -> ClusterClassifier:
-    return _enformer_classifier('s', **kwargs)
-
-
-@register_model
-def enformer_b(**kwargs) -> ClusterClassifier:
-    return _enformer_classifier('b', **kwargs)
-
-
-@register_model
-def enformer_l(**kwargs) -> ClusterClassifier:
-    return _enformer_classifier('l', **kwargs)
+# the plain-PyTorch classifiers: create_model('enformer_s'), ...
+register_variants(EnFormer, {'enformer_s': 's', 'enformer_b': 'b', 'enformer_l': 'l'})

@@ -32,17 +32,16 @@ import torch.nn.functional as F
 from ..checkpoint import PublishedLayout
 from ..ops.clustering import argmax_centres, cosine_similarity, segment_aggregate
 from ..registry import MODELS
-from .classifier import ClusterClassifier, register_model
+from .classifier import register_variants
 from .context_cluster import (COC_CLASSIFIER_PAIRS, COC_DENSE_PAIRS, COC_LAYOUT_PAIRS,
-                              COC_SIGNATURE, ContextClusterMixer, masked_adaptive_avg_pool,
+                              COC_SIGNATURE, ContextCluster, masked_adaptive_avg_pool,
                               pad_to_multiple, partition, unfold_regions)
-from .layers import as_list, to_2tuple
-from .metaformer import MetaFormerBackbone, metaformer_classifier
+from .layers import RecordsAssignment, as_list, to_2tuple
 
 POOL_MODES = ('global', 'local')
 
 
-class ClusterPooling(nn.Module):
+class ClusterPooling(RecordsAssignment, nn.Module):
     """FEC's reducer: cluster ``(B, C_in, H, W)`` points into ``ceil(H/2) x ceil(W/2)``
     centres and return ``conv_skip(X) + GN(pooled)`` of shape ``(B, C_out, ceil(H/2),
     ceil(W/2))``.
@@ -68,8 +67,6 @@ class ClusterPooling(nn.Module):
         self.conv_v = nn.Conv2d(in_channels, out_channels, 1)
         self.conv_skip = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
         self.norm = nn.GroupNorm(1, out_channels)
-        self.record = False
-        self.last_assignment: Optional[torch.Tensor] = None
 
     def extra_repr(self) -> str:
         return f'mode={self.mode}, fold={self.fold}, window={self.window}'
@@ -94,8 +91,7 @@ class ClusterPooling(nn.Module):
         if ok is not None:  # cells of padding only (regions past the border) are no centre
             sim = sim.masked_fill(~ok.flatten(1).unsqueeze(-1), -2.0)
         index = argmax_centres(sim).squeeze(1)
-        if self.record:
-            self.last_assignment = index.detach()
+        self.keep_assignment(index)
         weight = None if mask is None else mask.flatten(1)
         pooled = segment_aggregate(v.flatten(2).transpose(1, 2), index, weight,
                                    vc.flatten(2).transpose(1, 2), self.use_scatter)
@@ -122,8 +118,7 @@ class ClusterPooling(nn.Module):
         cx = torch.arange(w2, device=f.device).view(1, 1, 1, w2, 1)
         index = (cy + offset // k - r) * w2 + (cx + offset % k - r)
         index = index.reshape(b, h * w)  # (h2, 2, w2, 2) is the row-major point order
-        if self.record:
-            self.last_assignment = index.detach()
+        self.keep_assignment(index)
         weight = None if mask is None else mask.flatten(1).expand(b, -1)
         pooled = segment_aggregate(v.flatten(2).transpose(1, 2), index, weight,
                                    vc.flatten(2).transpose(1, 2), self.use_scatter)
@@ -142,8 +137,9 @@ FEC_LAYOUT = PublishedLayout(
 
 
 @MODELS.register_module()
-class FEC(MetaFormerBackbone):
-    """FEC backbone (``fec_small``, ``fec_base``, ``fec_large``).
+class FEC(ContextCluster):
+    """FEC backbone (``fec_small``, ``fec_base``, ``fec_large``): Context Clusters with an
+    unweighted aggregation and cluster pooling between the stages.
 
     Args (besides :class:`MetaFormerBackbone`'s):
         arch: ``'small'``, ``'base'``, ``'large'`` or a dict with ``embed_dims``, ``depths``,
@@ -173,9 +169,8 @@ class FEC(MetaFormerBackbone):
         'segmentation': dict(proposal=[10, 10, 5, 5], fold=[1, 1, 1, 1], pool_fold=1),
         'detection': dict(proposal=[7, 7, 7, 7], fold=[2, 2, 1, 1], pool_fold=2),
     }
-    arch_keys = MetaFormerBackbone.arch_keys + ('proposal', 'fold')
-    per_stage_keys = MetaFormerBackbone.per_stage_keys + ('proposal', 'fold')
     published_layout = FEC_LAYOUT
+    weighted_aggregation = False
 
     def __init__(self, arch: Union[str, dict] = 'small',
                  clustering: Union[str, dict] = 'classification',
@@ -183,37 +178,16 @@ class FEC(MetaFormerBackbone):
                  pool_window: int = 3, use_scatter: Optional[bool] = None, **kwargs):
         if pool_mode not in POOL_MODES:
             raise ValueError(f'unknown FEC pool_mode {pool_mode!r}; choose one of {POOL_MODES}')
-        super().__init__(arch, clustering, overrides=dict(proposal=proposal, fold=fold,
-                                                          pool_fold=pool_fold), **kwargs)
-        self.arch['pool_fold'] = as_list(self.arch.get('pool_fold', 1), self.num_stages - 1,
-                                         'pool_fold')
-        self.pool_mode = pool_mode
-        self.pool_window = pool_window
-        self.use_scatter = use_scatter
-        self.build()
-
-    def build_mixer(self, stage: int, index: int) -> nn.Module:
-        a = self.arch
-        return ContextClusterMixer(a['embed_dims'][stage], a['num_heads'][stage], a['head_dim'],
-                                   a['proposal'][stage], a['fold'][stage], weighted=False,
-                                   use_scatter=self.use_scatter)
+        super().__init__(arch, proposal, fold, use_scatter, clustering=clustering,
+                         overrides=dict(pool_fold=pool_fold),
+                         options=dict(pool_mode=pool_mode, pool_window=pool_window), **kwargs)
 
     def build_downsample(self, stage: int) -> nn.Module:
+        pool_fold = as_list(self.arch.get('pool_fold', 1), self.num_stages - 1, 'pool_fold')
         return ClusterPooling(self.embed_dims[stage], self.embed_dims[stage + 1],
-                              self.pool_mode, self.arch['pool_fold'][stage], self.pool_window,
+                              self.pool_mode, pool_fold[stage], self.pool_window,
                               self.use_scatter)
 
 
-@register_model
-def fec_small(**kwargs) -> ClusterClassifier:
-    return metaformer_classifier(FEC, 'small', **kwargs)
-
-
-@register_model
-def fec_base(**kwargs) -> ClusterClassifier:
-    return metaformer_classifier(FEC, 'base', **kwargs)
-
-
-@register_model
-def fec_large(**kwargs) -> ClusterClassifier:
-    return metaformer_classifier(FEC, 'large', **kwargs)
+# the plain-PyTorch classifiers: create_model('fec_small'), ...
+register_variants(FEC, {'fec_small': 'small', 'fec_base': 'base', 'fec_large': 'large'})

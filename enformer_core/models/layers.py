@@ -10,6 +10,19 @@ import torch.nn.functional as F
 from ..ops import fused
 
 
+class RecordsAssignment:
+    """Mixin of every clustering module: with ``record = True`` (switched on for one pass by
+    :func:`enformer_core.analysis.record_assignments`) the module keeps its assignment in
+    ``last_assignment`` for pictures and inspection; off, it costs nothing."""
+
+    record: bool = False
+    last_assignment: Optional[torch.Tensor] = None
+
+    def keep_assignment(self, assignment: torch.Tensor) -> None:
+        if self.record:
+            self.last_assignment = assignment.detach()
+
+
 class LayerNorm2d(nn.LayerNorm):
     """Channels-first LayerNorm over C of a ``(B, C, H, W)`` map (ConvNeXt style, eps 1e-6)."""
 

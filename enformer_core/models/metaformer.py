@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 
 from .backbone import ClusterBackbone
-from .classifier import ClusterClassifier
 from .layers import DropPath
 
 
@@ -81,8 +80,8 @@ class MetaFormerBackbone(ClusterBackbone):
 
     def __init__(self, arch: Union[str, dict], clustering=None,
                  layer_scale_init_value: float = 1e-5, **kwargs):
-        super().__init__(arch, clustering, **kwargs)
-        self.layer_scale_init_value = layer_scale_init_value
+        options = dict(kwargs.pop('options', {}), layer_scale_init_value=layer_scale_init_value)
+        super().__init__(arch, clustering, options=options, **kwargs)
 
     def build_mixer(self, stage: int, index: int) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
@@ -114,12 +113,3 @@ class MetaFormerBackbone(ClusterBackbone):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-
-
-def metaformer_classifier(cls, arch: str, num_classes: int = 1000, **kwargs
-                          ) -> ClusterClassifier:
-    """A baseline classifier: ``cls(arch)`` pooled at its last stage + a linear head."""
-    kwargs.setdefault('drop_path_rate', 0.0)
-    kwargs.setdefault('out_indices', (3,))
-    kwargs.setdefault('gap_before_final_norm', True)
-    return ClusterClassifier(cls(arch=arch, **kwargs), num_classes)

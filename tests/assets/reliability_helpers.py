@@ -56,7 +56,7 @@ class StopRankHook(Hook):
             os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def _slice(stem, n, offset):
+def fashion_mnist_slice(stem, n, offset):
     """First n records of a real Fashion-MNIST IDX file (reads only what it needs)."""
     item = 784 if 'images' in stem else 1
     with gzip.open(FMNIST / f'{stem}.gz') as f:
@@ -86,9 +86,9 @@ def make_tiny(root: Path, n_train: int = 16) -> dict:
     data.mkdir(parents=True, exist_ok=True)
     for split, n in (('train', n_train), ('t10k', 16)):
         write_idx(str(data / f'{split}-images-idx3-ubyte.gz'),
-                  _slice(f'{split}-images-idx3-ubyte', n, 16))
+                  fashion_mnist_slice(f'{split}-images-idx3-ubyte', n, 16))
         write_idx(str(data / f'{split}-labels-idx1-ubyte.gz'),
-                  _slice(f'{split}-labels-idx1-ubyte', n, 8))
+                  fashion_mnist_slice(f'{split}-labels-idx1-ubyte', n, 8))
     s = root / 'tiny_s.py'
     s.write_text(f"""
 _base_ = ['{DEMO}']

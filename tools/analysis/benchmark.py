@@ -22,10 +22,11 @@ each model's achieved rate 2 x GMACs x img/s and its share of the sgemm rate.
 img/s is ``batch / mean`` on CUDA (the published method) and ``batch / median`` on CPU.
 """
 import argparse
-import json
 import os
 import sys
 import time
+
+from enformer_core.utils import write_json
 
 
 FORMS = ('train-graph', 'deploy')
@@ -405,10 +406,7 @@ def main(argv=None):
     if comparison is not None:
         result['compare_to'] = dict(rev=args.compare_to or 'malloc', results=comparison)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(result, f, indent=2)
-        print(f'wrote {args.json}')
+        write_json(args.json, result)
     if args.markdown:
         command = 'python tools/analysis/benchmark.py ' + ' '.join(
             argv if argv is not None else sys.argv[1:])

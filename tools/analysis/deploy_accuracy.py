@@ -9,9 +9,10 @@ top-1) over a config's test set, plus the max/mean logit difference.
 A thin command line over ``enformer_core.deploy.convert_for_cpu`` and ``agreement``.
 """
 import argparse
-import json
 import os
 import time
+
+from enformer_core.utils import write_json
 
 
 def parse_args(argv=None):
@@ -73,9 +74,7 @@ def main(argv=None):
               f"{res['max_abs_logit_diff']:.4g}, mean {res['mean_abs_logit_diff']:.4g}",
               flush=True)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=2)
-        print(f'wrote {args.json}')
+        write_json(args.json, results)
     return results
 
 

@@ -14,10 +14,9 @@ Detection configs are measured on the backbone by default (``--full`` adds the w
 detector); classification and segmentation configs on the whole model.
 """
 import argparse
-import json
-import os
 import sys
 
+from enformer_core.utils import write_json
 
 
 def parse_args(argv=None):
@@ -68,10 +67,7 @@ def main(argv=None):
             print(format_complexity(info))
             print()
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=2)
-        print(f'wrote {args.json}')
+        write_json(args.json, results)
     return results
 
 

@@ -1,15 +1,4 @@
-# Context Clusters tiny (mmpretrain ImageClassifier).  The backbone returns
-# (mean_hw(GroupNorm(stage 4)),), so no neck is needed.
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(type='ContextCluster', arch='tiny', drop_path_rate=0.1),
-    neck=None,
-    head=dict(
-        type='LinearClsHead',
-        num_classes=1000,
-        in_channels=320,
-        loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
-        init_cfg=dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
-    ),
-    train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8), dict(type='CutMix', alpha=1.0)]),
-)
+# Context Clusters tiny on ImageNet-1K: mean_hw(GroupNorm(stage 4)) into the shared linear head.
+_base_ = ['./imagenet_linear_head.py']
+model = dict(backbone=dict(type='ContextCluster', arch='tiny', drop_path_rate=0.1),
+             head=dict(in_channels=320))

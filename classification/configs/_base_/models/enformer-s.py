@@ -1,20 +1,6 @@
-# EnFormer-S on ImageNet-1K (mmpretrain ImageClassifier).
-# The backbone returns (LayerNorm(GAP(stage 4)),), so no neck is needed.
+# EnFormer-S on ImageNet-1K: LayerNorm(GAP(stage 4)) into the shared linear head.
 # drop path: 0.1 for S is the published value; 0.2 (B) / 0.3 (L) are our choice (the
 # published code gives no B/L value), following the usual depth/width scaling.
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(type='EnFormer', arch='s', drop_path_rate=0.1),
-    neck=None,
-    head=dict(
-        type='LinearClsHead',
-        num_classes=1000,
-        in_channels=320,
-        loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
-        init_cfg=dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
-    ),
-    train_cfg=dict(augments=[
-        dict(type='Mixup', alpha=0.8),
-        dict(type='CutMix', alpha=1.0),
-    ]),
-)
+_base_ = ['./imagenet_linear_head.py']
+model = dict(backbone=dict(type='EnFormer', arch='s', drop_path_rate=0.1),
+             head=dict(in_channels=320))

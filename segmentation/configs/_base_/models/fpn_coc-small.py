@@ -1,12 +1,9 @@
 # Semantic FPN (mmseg's fpn_r50 heads) on a Context Clusters small backbone (folds 8,4,2,1).
 # ImageNet weights: python tools/model_converters/coc_to_mmpretrain.py coc_small.pth.tar \
 #     checkpoints/coc-small_in1k.pth
-_base_ = ['mmseg::_base_/models/fpn_r50.py']
+_base_ = ['./fpn.py']
 checkpoint_file = 'checkpoints/coc-small_in1k.pth'
-data_preprocessor = dict(size=(512, 512))
 model = dict(
-    data_preprocessor=data_preprocessor,
-    pretrained=None,
     backbone=dict(
         _delete_=True,
         type='ContextCluster',
@@ -16,5 +13,4 @@ model = dict(
         gap_before_final_norm=False,     # GroupNorm on each of the 4 feature maps
         drop_path_rate=0.1,
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file, prefix='backbone.')),
-    neck=dict(in_channels=[64, 128, 320, 512], out_channels=256, num_outs=4),
-    decode_head=dict(num_classes=150))
+    neck=dict(in_channels=[64, 128, 320, 512]))

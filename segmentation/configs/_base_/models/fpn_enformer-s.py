@@ -1,13 +1,9 @@
 # Semantic FPN (mmseg's fpn_r50: FPN 256 channels, 4 outputs; FPNHead 128 channels, dropout
 # 0.1) on an EnFormer-S backbone initialised from ImageNet weights: a path, or the URL of the
 # official release (converted when loaded).
-_base_ = ['mmseg::_base_/models/fpn_r50.py']
+_base_ = ['./fpn.py']
 checkpoint_file = 'checkpoints/enformer-s_in1k.pth'
-# pads every training crop to 512x512 (image 0, label 255 = ignored)
-data_preprocessor = dict(size=(512, 512))
 model = dict(
-    data_preprocessor=data_preprocessor,
-    pretrained=None,
     backbone=dict(
         _delete_=True,
         type='EnFormer',
@@ -17,5 +13,4 @@ model = dict(
         gap_before_final_norm=False,     # LayerNorm on each of the 4 feature maps
         drop_path_rate=0.1,              # not stated for ADE20K in the paper; as detection
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file, prefix='backbone.')),
-    neck=dict(in_channels=[40, 80, 160, 320], out_channels=256, num_outs=4),
-    decode_head=dict(num_classes=150))
+    neck=dict(in_channels=[40, 80, 160, 320]))

@@ -2,12 +2,9 @@
 # settings: centres 10,10,5,5 per side, global clustering and global cluster pooling.
 # ImageNet weights: python tools/model_converters/fec_to_mmpretrain.py fec_small.pth \
 #     checkpoints/fec-small_in1k.pth
-_base_ = ['mmseg::_base_/models/fpn_r50.py']
+_base_ = ['./fpn.py']
 checkpoint_file = 'checkpoints/fec-small_in1k.pth'
-data_preprocessor = dict(size=(512, 512))
 model = dict(
-    data_preprocessor=data_preprocessor,
-    pretrained=None,
     backbone=dict(
         _delete_=True,
         type='FEC',
@@ -18,7 +15,6 @@ model = dict(
         gap_before_final_norm=False,
         drop_path_rate=0.1,
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file, prefix='backbone.')),
-    neck=dict(in_channels=[32, 64, 196, 320], out_channels=256, num_outs=4),
-    decode_head=dict(num_classes=150))
+    neck=dict(in_channels=[32, 64, 196, 320]))
 # conv_f of cluster pooling gets no gradient (as published): DDP must allow unused parameters
 find_unused_parameters = True
