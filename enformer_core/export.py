@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,11 +35,7 @@ import torch.nn.functional as F
 
 from .models import clustering as _clustering
 from .models.backbone import ClusterBackbone
-
-try:  # the inference fast paths (absent in older checkouts)
-    from .ops import fused as _fused
-except ImportError:  # pragma: no cover
-    _fused = None
+from .ops import fused as _fused
 
 
 class ExportError(RuntimeError):
@@ -122,7 +118,7 @@ def export_mode(model: nn.Module) -> Iterator[nn.Module]:
     saved_coords = [b.coords for b in backbones]
     saved = [(_clustering, 'pool_tokens', _clustering.pool_tokens),
              (F, 'adaptive_avg_pool2d', F.adaptive_avg_pool2d)]
-    if _fused is not None and hasattr(_fused, 'inference'):
+    if hasattr(_fused, 'inference'):
         saved.append((_fused, 'inference', _fused.inference))
     try:
         for b in backbones:

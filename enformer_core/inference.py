@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 from .checkpoint import check_finite, load_checkpoint, torch_load, unwrap_state_dict
+from .analysis.loading import strip_pretrained
+from .datasets import shapes_ade
 from .datasets.images import list_images, load_image
 from .hub import label_names, resolve_file
 from .utils.launch import load_config
@@ -90,8 +92,7 @@ class Predictor:
         self.task, self.cfg, self.device = TASKS[scope], cfg, device
         self.config_name = os.path.basename(getattr(cfg, 'filename', None) or 'config')
         self.dtype, self.score_thr, self.topk = DTYPES[dtype or 'float32'], score_thr, topk
-        from .analysis.loading import _strip_pretrained
-        _strip_pretrained(cfg.model)  # the weights are loaded below, not by init_cfg
+        strip_pretrained(cfg.model)  # the weights are loaded below, not by init_cfg
         pipeline = cfg.test_dataloader.dataset.pipeline
         pipeline[:] = [t for t in pipeline if t.get('type') not in _NEEDS_LABELS]
         self.checkpoint = str(checkpoint) if checkpoint else 'none'
@@ -272,7 +273,6 @@ def _dataset_names(ds_cfg, n: int) -> Tuple[Optional[Sequence[str]], Optional[li
     """Class names (and palette) of the config's dataset class, without reading its data."""
     kind = ds_cfg.get('type')
     if kind == 'ShapesADEDataset':
-        from .datasets import shapes_ade
         meta_file = os.path.join(str(ds_cfg.get('data_root', '')), 'meta.json')
         if os.path.isfile(meta_file):
             with open(meta_file) as f:

@@ -105,7 +105,7 @@ def _load_from_config(path: str) -> LoadedModel:
     if cfg.get('data_preprocessor') is not None:
         model_cfg.setdefault('data_preprocessor', copy.deepcopy(cfg.data_preprocessor))
     # a Pretrained init_cfg would try to read weights: this tool loads them itself
-    _strip_pretrained(model_cfg)
+    strip_pretrained(model_cfg)
     model = MODELS.build(model_cfg)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     for pre in (cfg.model.get('data_preprocessor'), cfg.get('data_preprocessor')):
@@ -116,16 +116,18 @@ def _load_from_config(path: str) -> LoadedModel:
     return LoadedModel(model=model, name=name, task=task, config=cfg, mean=mean, std=std)
 
 
-def _strip_pretrained(cfg) -> None:
+def strip_pretrained(cfg) -> None:
+    """Remove every ``Pretrained`` ``init_cfg`` of a model config (in place): the tools load
+    the weights themselves."""
     if isinstance(cfg, dict):
         init = cfg.get('init_cfg')
         if isinstance(init, dict) and init.get('type') == 'Pretrained':
             cfg['init_cfg'] = None
         for v in cfg.values():
-            _strip_pretrained(v)
+            strip_pretrained(v)
     elif isinstance(cfg, (list, tuple)):
         for v in cfg:
-            _strip_pretrained(v)
+            strip_pretrained(v)
 
 
 def has_deploy_form(model: nn.Module) -> bool:
