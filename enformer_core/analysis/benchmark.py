@@ -13,8 +13,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import fused
-
 
 def _sync(device: torch.device) -> None:
     if device.type == 'cuda':
@@ -188,6 +186,9 @@ def gemm_rate(n: int = 2048, dtype: torch.dtype = torch.float32, onednn: bool = 
     """GFLOP/s of an ``n x n x n`` matmul at the current thread count (best of the repeats
     in ``seconds``).  ``onednn``: through oneDNN (the kernels of the fused inference paths)
     instead of ``torch.mm`` (MKL's sgemm for fp32 on CPU)."""
+    # imported here: compare.py's workers load this file on its own (no package) to time
+    # another tree with this tree's timing code, and never call gemm_rate
+    from ..ops import fused
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     if onednn and not fused.HAS_ONEDNN_LINEAR:
         return float('nan')
