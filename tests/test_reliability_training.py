@@ -125,6 +125,7 @@ def test_non_finite_loss_hook_is_added_once(tiny):
 
 
 # ------------------------------------------------------------------- checkpoints through tools
+@pytest.mark.slow
 def test_test_py_empty_checkpoint_exits_2(tiny, tmp_path):
     empty = tmp_path / 'empty.pth'
     empty.write_bytes(b'')
@@ -210,6 +211,7 @@ def test_train_py_load_from_loads_the_weights(tiny, tmp_path):
 
 
 # ------------------------------------------------------------------------- demo log lines
+@pytest.mark.slow
 def test_iteration_based_demo_logs_iterations(tiny, tmp_path):
     """The demo config (iteration-based) logs ``Iter(train) [3/6]``, not
     ``Epoch(train) [1][3/4]``, also past the dataset's length (4 batches)."""

@@ -6,6 +6,7 @@ import os
 import pytest
 
 
+@pytest.mark.slow
 def test_share_of_sgemm_load_average_and_dtypes(load_tool, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, 'getloadavg', lambda: (9.0, 9.0, 9.0))  # a busy machine
     out = tmp_path / 'bench.json'

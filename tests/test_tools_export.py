@@ -33,6 +33,7 @@ def _diffs(text):
             if 'max |diff| =' in line]
 
 
+@pytest.mark.slow
 def test_enformer_s_classifier_dynamic_batch_and_size(tool, tmp_path):
     out = tmp_path / 's.onnx'
     with redirect_stdout(io.StringIO()) as log:
@@ -52,6 +53,7 @@ def test_enformer_s_classifier_dynamic_batch_and_size(tool, tmp_path):
         assert traced(torch.randn(1, 3, 80, 48)).shape == (1, 1000)
 
 
+@pytest.mark.slow
 def test_dense_backbone_of_a_detection_config(tool, tmp_path):
     with redirect_stdout(io.StringIO()) as log:
         rc = tool.main([str(ROOT / DET_DEMO), '--out', str(tmp_path / 'det.onnx'),
@@ -62,6 +64,7 @@ def test_dense_backbone_of_a_detection_config(tool, tmp_path):
     assert max(_diffs(text)) <= 1e-4 and 'input 2x3x96x192' in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['coc_tiny', 'fec_small', 'clusterformer_tiny'])
 def test_baseline_classifiers_export_with_dynamic_size(name, tmp_path):
     torch.manual_seed(0)

@@ -200,6 +200,7 @@ def _demo_checkpoint():
 @pytest.mark.skipif(_demo_checkpoint() is None or not _demo_checkpoint().is_file(),
                     reason='no `make demo` checkpoint: work_dirs/demo_fashion_mnist/'
                            'last_checkpoint is produced by `make demo` (about 20 minutes)')
+@pytest.mark.slow
 def test_make_demo_checkpoint_classifies_fashion_mnist_test_images(infer_tool, tmp_path):
     labels = _fashion_labels('test')[:50]
     specs = [f'fashion-mnist:{i}' for i in range(50)]

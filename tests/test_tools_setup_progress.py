@@ -6,6 +6,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'tools' / 'build_progress.sh'
 ANSI = re.compile(r'\x1b\[[0-9;]*m')
@@ -19,6 +21,7 @@ def _run(tmp_path, build, *options, label='mmcv==2.1.0'):
     return out.returncode, ANSI.sub('', out.stdout), ANSI.sub('', out.stderr), log
 
 
+@pytest.mark.slow
 def test_ninja_progress_lines_every_interval(tmp_path):
     fake = ('for i in 1 2 3 4; do echo "  [$i/77] /tmp/wrap/g++ -MMD -c src/op$i.cpp -o '
             'op$i.o"; sleep 0.8; done; echo done')
