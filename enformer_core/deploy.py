@@ -6,6 +6,7 @@
     from enformer_core.deploy import convert_for_cpu, agreement, logit_error, tune_malloc
     model = create_model('enformer_s', pretrained=CKPT).eval()
     fast = convert_for_cpu(model, dtype='bf16')       # or 'fp32' / 'int8'
+    fast8 = convert_for_cpu(model, 'int8', calibration=calib_batches)  # static int8
     with torch.inference_mode():
         logits = fast(images)                          # float32 in, float32 out
     print(logit_error(model, fast, images))            # max / mean |logit - fp32 logit|
@@ -19,10 +20,13 @@ The forms (``docs/benchmarks.md`` has their speed and accuracy effect):
   the rest.  Outputs equal the eval graph within float rounding.
 * ``'bf16'``: the fp32 form with parameters and activations in bfloat16 (oneDNN's AVX-512
   BF16 matmuls); inputs are cast in and outputs back to float32.
-* ``'int8'``: the bf16 form whose Linear layers (all but the classifier head) run with int8
-  weights and dynamically quantised int8 activations (torchao's
-  ``Int8DynamicActivationInt8WeightConfig``, per-channel weights, per-token activations).
-  Needs the ``deploy`` extra (``pip install torchao``).
+* ``'int8'``: the fp32 form whose Linear layers (all but the classifier head and the
+  clusterings' centre projections) multiply int8 weights by uint8 activations on oneDNN's
+  VNNI kernels (:mod:`enformer_core.ops.quantized`: per-channel weights, per-tensor
+  activations, SiLU and residual adds fused).  Activations are quantised dynamically, or
+  statically from ranges recorded over ``calibration`` batches (faster).  The other layers
+  stay in float32, which on CPU is faster than bf16 for them.  Only PyTorch is needed;
+  samples whose input holds NaN/Inf get NaN outputs, as in fp32 (:class:`NonFiniteRows`).
 """
 from __future__ import annotations
 
@@ -33,11 +37,15 @@ import torch
 import torch.nn as nn
 
 from .models.layers import LayerScaleLinear
+from .ops.quantized import HAS_INT8_LINEAR, Int8Linear, calibrate
 from .utils.malloc import tune_malloc
 
-__all__ = ['DTYPES', 'CastIO', 'agreement', 'convert_for_cpu', 'logit_error', 'tune_malloc']
+__all__ = ['DTYPES', 'FORM_NAMES', 'CastIO', 'NonFiniteRows', 'agreement', 'convert_for_cpu',
+           'convert_named', 'logit_error', 'tune_malloc']
 
 DTYPES = ('fp32', 'bf16', 'int8')
+#: the names the command-line tools take: ``'int8-static'`` is ``'int8'`` with calibration
+FORM_NAMES = DTYPES + ('int8-static',)
 
 
 class CastIO(nn.Module):
@@ -56,6 +64,41 @@ class CastIO(nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs):
         out = self.module(x.to(self.dtype) if x.is_floating_point() else x, *args, **kwargs)
         return _to_float32(out)
+
+
+class NonFiniteRows(nn.Module):
+    """Runs ``module`` and gives NaN outputs to the samples whose input holds NaN/Inf, as
+    the float model does.  Statically quantised int8 layers would otherwise saturate such
+    values into finite numbers without a word."""
+
+    def __init__(self, module: nn.Module, form: str):
+        super().__init__()
+        self.module = module
+        self.form = form
+
+    def extra_repr(self) -> str:
+        return f'form={self.form!r}'
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        out = self.module(x, *args, **kwargs)
+        if x.is_floating_point() and x.dim() > 1 and x.shape[0]:
+            bad = ~torch.isfinite(x).flatten(1).all(1)
+            if bad.any():
+                out = _nan_rows(out, bad)
+        return out
+
+
+def _nan_rows(out, bad: torch.Tensor):
+    if isinstance(out, torch.Tensor):
+        if out.is_floating_point() and out.dim() and out.shape[0] == bad.shape[0]:
+            out = out.clone()
+            out[bad] = float('nan')
+        return out
+    if isinstance(out, (list, tuple)):
+        return type(out)(_nan_rows(o, bad) for o in out)
+    if isinstance(out, dict):
+        return {k: _nan_rows(v, bad) for k, v in out.items()}
+    return out
 
 
 def _to_float32(out):
@@ -79,32 +122,54 @@ def _fold(model: nn.Module) -> bool:
 
 
 def _quantise_linears_int8(model: nn.Module) -> int:
-    """torchao dynamic int8 on every Linear but the classifier head; returns the count."""
-    try:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("dtype='int8' needs torchao: pip install torchao "
-                          "(or pip install 'enformer_core[deploy]')") from e
+    """Every ``nn.Linear`` but the classifier head and the centre projections becomes an
+    :class:`Int8Linear`; returns the count.  The head keeps float logits, and the centre
+    projections act on a few dozen centres (no speed to gain; the clustering code reads
+    their float weights directly)."""
     head = getattr(model, 'head', None)
     head_fc = getattr(head, 'fc', head)
-    def chosen(m: nn.Module, fqn: str = '') -> bool:
-        return isinstance(m, nn.Linear) and m is not head_fc
-
-    count = sum(chosen(m) for m in model.modules())
-    quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=chosen)
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if (type(child) is nn.Linear and child is not head_fc
+                    and not name.endswith('centre_proj')):
+                setattr(parent, name, Int8Linear.from_linear(child))
+                count += 1
     return count
 
 
+@torch.inference_mode()
+def _calibrate_int8(model: nn.Module, batches: Iterable) -> None:
+    weights = [m.weight for m in model.modules() if isinstance(m, Int8Linear)]
+    seen = 0
+    with calibrate(weights):
+        for batch in batches:
+            x, _ = _images_and_labels(batch)
+            model(x.float())
+            seen += x.shape[0]
+    if not seen:
+        raise ValueError('calibration gave no images: pass batches of images, or leave '
+                         'calibration=None for dynamic int8')
+
+
 def convert_for_cpu(model: nn.Module, dtype: str = 'bf16', inplace: bool = False,
-                    fold: bool = True) -> nn.Module:
+                    fold: bool = True, calibration: Optional[Iterable] = None) -> nn.Module:
     """The model's CPU inference form in ``dtype`` (``'fp32'``, ``'bf16'`` or ``'int8'``).
 
     The input model is left untouched unless ``inplace``.  ``fold`` re-parameterises models
     that have a deploy form (EnFormer); others are converted as they are.  The result is in
     eval mode, takes float32 inputs and returns float32 outputs.
+
+    ``calibration`` (int8 only): batches of images (tensors, ``(images, labels)`` pairs or
+    mmpretrain dicts, already normalised as the model expects) whose activation ranges fix
+    static input quantisation for every int8 Linear (faster: no range pass, and the FFN's
+    hidden activations go from ``fc1`` to ``fc2`` as uint8).  Without it the activations
+    are quantised dynamically, call by call.
     """
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
+    if calibration is not None and dtype != 'int8':
+        raise ValueError(f"calibration applies to dtype='int8' only, not {dtype!r}")
     if not inplace:
         model = copy.deepcopy(model)
     model = model.cpu().float().eval()
@@ -114,13 +179,31 @@ def convert_for_cpu(model: nn.Module, dtype: str = 'bf16', inplace: bool = False
         p.requires_grad_(False)
     if dtype == 'fp32':
         return model
-    model = model.to(torch.bfloat16)
     if dtype == 'int8':
+        if not HAS_INT8_LINEAR:
+            raise RuntimeError("dtype='int8' needs PyTorch's oneDNN int8 kernels "
+                               '(torch.ops.onednn.qlinear_pointwise), missing in this build')
         for m in model.modules():  # quantised weights cannot be rescaled on the fly
             if isinstance(m, LayerScaleLinear):
                 m.fuse()
         _quantise_linears_int8(model)
-    return CastIO(model, torch.bfloat16, dtype)
+        if calibration is not None:
+            _calibrate_int8(model, calibration)
+        return NonFiniteRows(model, 'int8' if calibration is None else 'int8-static')
+    return CastIO(model.to(torch.bfloat16), torch.bfloat16, dtype)
+
+
+def convert_named(model: nn.Module, name: str, calibration: Optional[Iterable] = None,
+                  fold: bool = True) -> nn.Module:
+    """:func:`convert_for_cpu` by one of :data:`FORM_NAMES` (the tools' ``--dtype``):
+    ``'int8-static'`` needs ``calibration``, the other names ignore it."""
+    if name not in FORM_NAMES:
+        raise ValueError(f'form must be one of {FORM_NAMES}, got {name!r}')
+    if name == 'int8-static':
+        if calibration is None:
+            raise ValueError("'int8-static' needs calibration batches")
+        return convert_for_cpu(model, 'int8', fold=fold, calibration=calibration)
+    return convert_for_cpu(model, name, fold=fold)
 
 
 @torch.inference_mode()

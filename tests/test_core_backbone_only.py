@@ -28,7 +28,7 @@ from enformer_core import create_model, list_models, load_checkpoint
 from enformer_core.models.enformer import ENFORMER_LAYOUT
 
 assert enformer_core.__file__.startswith(sys.prefix), enformer_core.__file__  # the wheel
-for mod in ('mmengine', 'mmcv', 'mmpretrain', 'mmdet', 'mmseg', 'cv2', 'PIL'):
+for mod in ('mmengine', 'mmcv', 'mmpretrain', 'mmdet', 'mmseg', 'cv2', 'PIL', 'torchao'):
     assert importlib.util.find_spec(mod) is None, f'{mod} is importable'
 assert not enformer_core.HAS_MMENGINE
 names = list_models()
@@ -52,6 +52,12 @@ with torch.no_grad():
     assert torch.equal(src(x), dst(x))
 report = load_checkpoint(create_model('enformer_s'), path)
 assert report.fits and report.converted_from == 'published EnFormer', str(report)
+
+# the CPU deployment forms need torch only (int8: oneDNN's kernels inside torch)
+from enformer_core.deploy import convert_for_cpu, logit_error
+for dtype in ('bf16', 'int8'):
+    err = logit_error(dst, convert_for_cpu(dst, dtype), x)
+    assert err['max_rel'] < 5e-2, (dtype, err)
 
 # toolbox features name what is missing, when they are used
 try:

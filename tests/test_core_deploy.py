@@ -4,14 +4,18 @@ The fused paths must compute what the plain modules compute: eval-mode outputs w
 of the unfused graph, every new autograd Function passes a float64 gradcheck, and the fp32
 Functions match plain autograd.  bf16/int8 forms are compared with fp32 on random weights of
 the published layout (their accuracy effect; docs/benchmarks.md)."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from enformer_core import create_model, load_checkpoint
+from enformer_core import create_model, list_models, load_checkpoint
 from enformer_core.deploy import agreement, convert_for_cpu, logit_error
 from enformer_core.ops import clustering as ops
-from enformer_core.ops import fused
+from enformer_core.ops import fused, quantized
+from enformer_core.ops.quantized import (Int8Linear, Int8Weight, activation_qparams, int8_linear,
+                                         int8_linear_reference)
 
 
 def _rand(*shape):
@@ -148,15 +152,168 @@ def test_bf16_close_to_fp32(published_s):
 
 
 def test_int8_close_to_fp32(published_s):
-    """int8 dynamic quantisation (torchao): logits within 5 % of the largest fp32 logit."""
-    pytest.importorskip('torchao')
+    """int8 linears (oneDNN): logits within 5 % of the largest fp32 logit; the head and the
+    centre projections stay float; the input model is untouched."""
     x = torch.randn(2, 3, 96, 96)
     int8 = convert_for_cpu(published_s, 'int8')
-    fc1 = int8.module.backbone.stages[2].blocks[0].ffn.fc1.weight
-    assert type(fc1).__name__ != 'Parameter'         # really quantised
-    assert type(int8.module.head.fc.weight).__name__ == 'Parameter'  # the head stays
+    ffn = int8.module.backbone.stages[2].blocks[0].ffn
+    assert isinstance(ffn.fc1, Int8Linear) and isinstance(ffn.fc2.fc, Int8Linear)
+    assert isinstance(ffn.fc1.weight, Int8Weight)
+    assert type(int8.module.head.fc) is torch.nn.Linear            # the head stays float
+    assert all(type(m) is torch.nn.Linear for n, m in int8.named_modules()
+               if n.endswith('centre_proj'))
+    assert type(published_s.backbone.stages[2].blocks[0].ffn.fc1) is torch.nn.Linear
+    with torch.inference_mode():
+        assert int8(x).dtype == torch.float32
     err = logit_error(published_s, int8, x)
     assert err['max_rel'] < 5e-2, err
+    # quantisation is not a no-op: the logits do move
+    assert err['max_abs'] > 0
+
+
+@pytest.mark.parametrize('name', list_models())
+def test_every_model_has_bf16_and_int8_forms(name):
+    """Every classifier (EnFormer and the baselines) converts; int8 replaces its Linears,
+    and with layer scales of 0.3 (the residual branches matter) both forms stay within
+    15 % of the largest fp32 logit of random weights (the published-layout test above holds
+    EnFormer-S to 2 % / 5 %)."""
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith('gamma') or 'layer_scale' in n:
+                p.fill_(0.3)
+    x = torch.randn(2, 3, 64, 64)
+    int8 = convert_for_cpu(model, 'int8')
+    assert sum(isinstance(m, Int8Linear) for m in int8.modules()) > 0
+    for form in (int8, convert_for_cpu(model, 'bf16')):
+        err = logit_error(model, form, x)
+        assert 0 < err['max_rel'] < 0.15, (name, err)
+
+
+def test_static_int8_calibrated_close_to_fp32_and_to_dynamic(published_s):
+    """Calibration fixes every int8 Linear's input quantisation; the static form stays
+    within 5 % of the largest fp32 logit (on images like the calibration ones)."""
+    torch.manual_seed(0)
+    calib = [torch.randn(4, 3, 96, 96) for _ in range(2)]
+    static = convert_for_cpu(published_s, 'int8', calibration=calib)
+    weights = [m.weight for m in static.modules() if isinstance(m, Int8Linear)]
+    assert weights and all(w.input_qparams is not None and not w.observing for w in weights)
+    assert 'static' in repr(static)
+    x = torch.randn(2, 3, 96, 96)
+    err = logit_error(published_s, static, x)
+    assert 0 < err['max_rel'] < 5e-2, err
+
+
+def test_int8_forms_give_nan_rows_for_non_finite_inputs(published_s):
+    x = torch.randn(3, 3, 64, 64)
+    x[1, 0, 5, 5] = float('nan')
+    for form in (convert_for_cpu(published_s, 'int8'),
+                 convert_for_cpu(published_s, 'int8', calibration=[torch.randn(2, 3, 64, 64)])):
+        with torch.inference_mode():
+            out = form(x)
+        assert torch.isnan(out[1]).all() and torch.isfinite(out[[0, 2]]).all()
+
+
+def test_calibration_arguments_are_checked(published_s):
+    with pytest.raises(ValueError, match='int8'):
+        convert_for_cpu(published_s, 'bf16', calibration=[torch.randn(1, 3, 64, 64)])
+    with pytest.raises(ValueError, match='no images'):
+        convert_for_cpu(published_s, 'int8', calibration=[])
+
+
+def _int8_case(n=37, k=40, m=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, n, k, generator=g) * 2 + 0.3
+    w = torch.randn(m, k, generator=g) / k ** 0.5
+    return x, w, torch.randn(m, generator=g), torch.randn(3, n, m, generator=g)
+
+
+@pytest.mark.parametrize('act', [None, 'silu'])
+@pytest.mark.parametrize('with_residual', [False, True])
+def test_int8_linear_fast_path_equals_its_reference(act, with_residual):
+    """oneDNN's int8 kernel computes the documented quantised maths (int32 accumulation, so
+    only float rounding differs), and it stays close to the float Linear."""
+    x, w, b, r = _int8_case()
+    r = r if with_residual else None
+    r_before = None if r is None else r.clone()
+    qw = Int8Weight(w)
+    fast = int8_linear(x, qw, b, act, r)
+    ref = int8_linear_reference(x, qw, b, act, r)
+    assert fast.shape == (3, 37, 24) and fast.dtype == torch.float32
+    assert (fast - ref).abs().max() <= 1e-5 * ref.abs().max()
+    exact = F.linear(x, w, b)
+    exact = F.silu(exact) if act == 'silu' else exact
+    exact = exact if r is None else exact + r
+    assert (fast - exact).abs().max() < 3e-2 * exact.abs().max()
+    if r is not None:
+        assert torch.equal(r, r_before)            # the residual is not written to
+
+
+@pytest.mark.parametrize('with_residual', [False, True])
+def test_static_int8_mlp_chain_equals_its_reference(with_residual):
+    """With static input quantisation, fc1 writes fc2's uint8 input directly; that equals
+    quantising the float SiLU output (up to a rounding step on ties), and the chain stays
+    close to the float FFN."""
+    x, w, b, _ = _int8_case(k=40, m=96)
+    w2 = torch.randn(40, 96) / 96 ** 0.5
+    b2 = torch.randn(40)
+    r = torch.randn(3, 37, 40) if with_residual else None
+    q1, q2 = Int8Weight(w), Int8Weight(w2)
+    with quantized.calibrate([q1, q2]):
+        dynamic = quantized.int8_mlp(x, q1, b, q2, b2, r)   # records the ranges
+    assert q1.input_qparams is not None and q2.input_qparams is not None
+    fast = quantized.int8_mlp(x, q1, b, q2, b2, r)
+    ref = quantized.int8_mlp_reference(x, q1, b, q2, b2, r)
+    scale = ref.abs().max()
+    step = q2.input_qparams[0] * q2.dequantize().abs().sum(1).max()   # one uint8 step, all in
+    assert (fast - ref).abs().max() <= step + 1e-5 * scale
+    assert (fast - ref).abs().mean() < 1e-3 * scale
+    exact = F.linear(F.silu(F.linear(x, w, b)), w2, b2) + (0 if r is None else r)
+    assert (fast - exact).abs().max() < 3e-2 * exact.abs().max()
+    assert (dynamic - exact).abs().max() < 3e-2 * exact.abs().max()
+
+
+def test_int8_quantisation_formulas():
+    """Weights: symmetric per channel, error <= half a step; activations: zero maps to an
+    integer exactly (zero padding stays exact)."""
+    _, w, _, _ = _int8_case()
+    qw = Int8Weight(w)
+    assert qw.qweight.dtype == torch.int8 and qw.qweight.abs().max() <= 127
+    assert (qw.qweight.abs().amax(1) == 127).all()
+    assert ((qw.dequantize() - w).abs() <= qw.scale[:, None] / 2 + 1e-7).all()
+    x = torch.tensor([-1.0, 0.0, 3.0])
+    scale, zp = activation_qparams(x)
+    assert scale == pytest.approx(4 / 255) and zp == round(1 / scale)
+    assert activation_qparams(torch.tensor([2.0, 5.0])) == (pytest.approx(5 / 255), 0)
+    assert activation_qparams(torch.zeros(4)) == (1.0, 0)
+    assert math.isnan(activation_qparams(torch.tensor([1.0, float('inf')]))[0])  # falls back
+
+
+def test_fast_uint8_quantiser_equals_the_formula():
+    x = torch.randn(300, 40) * 3
+    scale, zp = activation_qparams(x)
+    fast = quantized._quantize_u8(x, scale, zp)
+    ref = quantized.quantize_u8_reference(x, scale, zp)
+    assert fast.dtype == torch.uint8 and fast.shape == x.shape
+    assert (fast.int() - ref.int()).abs().max() <= 1          # ties may round either way
+    assert (fast != ref).float().mean() < 1e-3
+
+
+def test_int8_linear_edge_cases():
+    x, w, b, _ = _int8_case()
+    layer = Int8Linear.from_linear(torch.nn.Linear(40, 24))
+    assert layer(torch.zeros(0, 5, 40)).shape == (0, 5, 24)          # empty batch
+    bad = x.clone()
+    bad[0, 0, 0] = float('nan')
+    out = int8_linear(bad, Int8Weight(w), b)       # NaN reaches its own row only, as in fp32
+    assert torch.isnan(out[0, 0]).all() and torch.isfinite(out[0, 1:]).all()
+    with pytest.raises(ValueError, match='40'):
+        layer(torch.randn(2, 41))
+    with pytest.raises(ValueError, match="'silu'"):
+        int8_linear(x, Int8Weight(w), b, act='gelu')
+    with pytest.raises(ValueError, match='shape'):
+        Int8Weight(torch.randn(3, 4, 5))
 
 
 def test_agreement_over_a_loader(published_s):

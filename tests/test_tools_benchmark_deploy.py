@@ -12,8 +12,8 @@ def test_share_of_sgemm_load_average_and_dtypes(load_tool, tmp_path, capsys, mon
     out = tmp_path / 'bench.json'
     load_tool('tools/analysis/benchmark.py').main(
         ['enformer_s', '--batch', '2', '--shape', '64', '--warmup', '0', '--iters', '1',
-         '--forms', 'deploy', '--dtype', 'fp32', 'bf16', '--threads', '1', '--no-progress',
-         '--json', str(out)])
+         '--forms', 'deploy', '--dtype', 'fp32', 'bf16', 'int8', 'int8-static', '--threads', '1',
+         '--no-progress', '--json', str(out)])
     text = capsys.readouterr().out
     assert 'WARNING: load average 9.00' in text and 'of sgemm' in text
     data = json.loads(out.read_text())
@@ -21,15 +21,18 @@ def test_share_of_sgemm_load_average_and_dtypes(load_tool, tmp_path, capsys, mon
     rates = data['gemm_gflop_s']
     assert rates['n'] == 2048 and rates['sgemm'] > 0 and rates['bf16'] > 0
     rows = {r['dtype']: r for r in data['results']}
-    assert set(rows) == {'fp32', 'bf16'}
+    assert set(rows) == {'fp32', 'bf16', 'int8', 'int8-static'}
+    assert 'int8-static' in text
     for r in rows.values():
         ev = r['eval']
         assert ev['gmacs_per_img'] > 0 and ev['gflop_s'] == pytest.approx(
             2 * ev['gmacs_per_img'] * ev['img_s'])
         assert ev['sgemm_share'] == pytest.approx(ev['gflop_s'] / rates['sgemm'])
-    # bf16 reports its logit error against the fp32 model of the same form
-    err = rows['bf16']['vs_fp32']
-    assert 0 <= err['mean_abs'] <= err['max_abs'] and 'vs_fp32' not in rows['fp32']
+    # each CPU form reports its logit error against the fp32 model of the same form
+    for dtype in ('bf16', 'int8', 'int8-static'):
+        err = rows[dtype]['vs_fp32']
+        assert 0 <= err['mean_abs'] <= err['max_abs'], dtype
+    assert 'vs_fp32' not in rows['fp32']
 
 
 @pytest.mark.slow
@@ -57,9 +60,12 @@ def test_deploy_accuracy_tool_on_the_demo_test_set(load_tool, repo_root, tmp_pat
         pytest.skip('Fashion-MNIST is not on this machine')
     out = tmp_path / 'acc.json'
     res = load_tool('tools/analysis/deploy_accuracy.py').main(
-        [str(cfg), 'none', '--dtype', 'fp32', 'bf16', '--max-batches', '1', '--json', str(out)])
-    assert res['images'] == 250 and json.loads(out.read_text())['forms'].keys() == {'fp32',
-                                                                                  'bf16'}
+        [str(cfg), 'none', '--dtype', 'fp32', 'bf16', 'int8-static', '--max-batches', '1',
+         '--calibration-batches', '1', '--json', str(out)])
+    assert res['images'] == 250 and json.loads(out.read_text())['forms'].keys() == {
+        'fp32', 'bf16', 'int8-static'}
+    assert res['calibration_images'] == 250      # training images, not the scored ones
     fp32, bf16 = res['forms']['fp32'], res['forms']['bf16']
     assert fp32['top1_agreement'] == 1.0 and fp32['max_abs_logit_diff'] < 1e-4
     assert bf16['top1_agreement'] > 0.9 and 'top1_x' in bf16
+    assert res['forms']['int8-static']['top1_agreement'] > 0.9

@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .quantized import Int8Weight, int8_linear, int8_mlp
+
 _LINEAR = getattr(getattr(torch.ops, 'mkldnn', None), '_linear_pointwise', None)
 HAS_ONEDNN_LINEAR = _LINEAR is not None and torch.backends.mkldnn.is_available()
 _ACTS = {None: 'none', 'silu': 'swish'}
@@ -49,7 +51,7 @@ def inference(x: torch.Tensor) -> bool:
 
 
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    # plain tensors only: tensor subclasses (torchao's quantised weights) keep F.linear
+    # plain tensors only: tensor subclasses keep F.linear (their own dispatch)
     return (HAS_ONEDNN_LINEAR and x.device.type == 'cpu' and x.dtype in _FAST_DTYPES
             and not autocast(x)
             and weight.dtype == x.dtype and type(weight) in _PLAIN and type(x) in _PLAIN
@@ -108,7 +110,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
 
     Inference: one oneDNN call with the activation or the residual add fused.  Under
     autograd: an autograd Function with oneDNN matmuls (plain ``F.linear`` when tracing).
+    An :class:`~enformer_core.ops.quantized.Int8Weight` (the int8 deployment form) runs
+    oneDNN's int8 kernel.
     """
+    if isinstance(weight, Int8Weight):
+        return int8_linear(x, weight, bias, act, residual)
     if inference(x) and _onednn_ok(x, weight):
         if residual is not None and act is None:
             return _LINEAR(x, residual, weight, bias, 'add')
@@ -137,6 +143,8 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch
     stage on one core; no effect on small maps).  ``rows`` defaults to :data:`MLP_ROWS`.
     """
     rows = rows or MLP_ROWS
+    if isinstance(w1, Int8Weight) and isinstance(w2, Int8Weight):
+        return int8_mlp(x, w1, b1, w2, b2, residual)
     n = x.numel() // max(x.shape[-1], 1)
     if not (inference(x) and _onednn_ok(x, w1)) or n <= 2 * rows:
         return linear(linear(x, w1, b1, act='silu'), w2, b2, residual=residual)

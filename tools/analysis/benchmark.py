@@ -30,7 +30,7 @@ from enformer_core.utils import write_json
 
 
 FORMS = ('train-graph', 'deploy')
-DTYPES = ('fp32', 'bf16', 'int8')
+DTYPES = ('fp32', 'bf16', 'int8', 'int8-static')  # = enformer_core.deploy.FORM_NAMES
 _SWEEP_FLOPS = {}
 
 
@@ -62,8 +62,9 @@ def parse_args(argv=None):
                    help='input sizes for a cost-vs-pixels sweep (e.g. 224 448 896); the batch '
                         'shrinks to keep the pixels per batch constant')
     p.add_argument('--dtype', nargs='+', choices=DTYPES, default=['fp32'],
-                   help='CPU number formats to time (bf16/int8: enformer_core.deploy.'
-                        'convert_for_cpu; their max/mean logit error against fp32 is reported)')
+                   help='CPU number formats to time (enformer_core.deploy.convert_for_cpu; '
+                        'int8-static is calibrated on random images; each one\'s max/mean '
+                        'logit error against fp32 is reported)')
     p.add_argument('--compare-to', metavar='REV',
                    help='time this tree against git revision REV (a temporary worktree) in '
                         'interleaved rounds and print the ratios (fp32 forms)')
@@ -103,7 +104,7 @@ def _fmt(v, spec='.1f'):
 
 def table(rows):
     w = max([24] + [len(str(r['model'])) + 2 for r in rows])  # long config names stay aligned
-    head = (f"{'model':<{w}}{'form':<12}{'dtype':<6}{'batch':>6}{'size':>10}{'img/s':>10}"
+    head = (f"{'model':<{w}}{'form':<12}{'dtype':<12}{'batch':>6}{'size':>10}{'img/s':>10}"
             f"{'ms/img':>9}{'GFLOP/s':>9}{'share':>7}{'train s/step':>13}{'peak MiB':>10}"
             f"{'max|dlogit|':>12}")
     lines = [head, '-' * len(head)]
@@ -111,7 +112,7 @@ def table(rows):
         ev, tr = r.get('eval') or {}, r.get('train') or {}
         size = 'x'.join(map(str, r['shape']))
         share = ev.get('sgemm_share')
-        lines.append(f"{r['model']:<{w}}{r['form']:<12}{r.get('dtype', 'fp32'):<6}"
+        lines.append(f"{r['model']:<{w}}{r['form']:<12}{r.get('dtype', 'fp32'):<12}"
                      f"{ev.get('batch', '-'):>6}{size:>10}"
                      f"{_fmt(ev.get('img_s')):>10}{_fmt(ev.get('ms_per_img'), '.2f'):>9}"
                      f"{_fmt(ev.get('gflop_s')):>9}"
@@ -257,8 +258,11 @@ def run_one(spec, form, args, device, batch, warmup, iters, progress, need_compl
         if device.type != 'cpu':
             row['skipped'] = f'--dtype {dtype} is a CPU deployment form'
             return row
-        from enformer_core.deploy import convert_for_cpu, logit_error
-        converted = convert_for_cpu(target, dtype, fold=False)  # the form is applied above
+        from enformer_core.deploy import convert_named, logit_error
+        # int8-static: calibrated on random images (the timing does not depend on values;
+        # tools/analysis/deploy_accuracy.py calibrates on real ones for accuracy)
+        calibration = [torch.randn(8, lm.in_channels, *shape)]
+        converted = convert_named(target, dtype, calibration, fold=False)  # form applied above
         x4 = torch.randn(4, lm.in_channels, *shape)
         row['vs_fp32'] = logit_error(target, converted, x4)
         target = converted

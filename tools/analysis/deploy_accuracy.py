@@ -4,9 +4,10 @@ top-1) over a config's test set, plus the max/mean logit difference.
     # the demo checkpoint (make demo) on the full Fashion-MNIST test set (10 000 images)
     python tools/analysis/deploy_accuracy.py \\
         classification/configs/demo/enformer-s_fashion-mnist-64px.py \\
-        $(cat work_dirs/demo_fashion_mnist/last_checkpoint) --dtype bf16 int8 --json acc.json
+        $(cat work_dirs/demo_fashion_mnist/last_checkpoint) --dtype bf16 int8 int8-static \\
+        --json acc.json
 
-A thin command line over ``enformer_core.deploy.convert_for_cpu`` and ``agreement``.
+A thin command line over ``enformer_core.deploy.convert_named`` and ``agreement``.
 """
 import argparse
 import os
@@ -20,7 +21,11 @@ def parse_args(argv=None):
     p.add_argument('config', help='a classification config (its test_dataloader is used)')
     p.add_argument('checkpoint', help="weights (path/URL, any layout) or 'none' (random)")
     p.add_argument('--dtype', nargs='+', default=['bf16', 'int8'],
-                   choices=['fp32', 'bf16', 'int8'])
+                   choices=['fp32', 'bf16', 'int8', 'int8-static'],
+                   help='forms to compare with fp32 (int8-static: calibrated on '
+                        '--calibration-batches batches of the training set)')
+    p.add_argument('--calibration-batches', type=int, default=8, metavar='N',
+                   help='training batches (test pipeline) that calibrate int8-static')
     p.add_argument('--no-fold', action='store_true', help='keep the train graph (no '
                    'reparameterize) in the converted models')
     p.add_argument('--max-batches', type=int, help='only the first N test batches')
@@ -46,11 +51,30 @@ def test_batches(lm, max_batches=None):
         yield data['inputs'].float(), (torch.cat(labels) if labels else None)
 
 
+def calibration_batches(lm, n):
+    """The first ``n`` batches of the config's training images through its *test* pipeline
+    (no augmentation), normalised: int8-static calibrates on data it is not scored on."""
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import Runner
+    init_default_scope(lm.config.get('default_scope', 'mmpretrain'))
+    cfg = lm.config.train_dataloader.copy()
+    cfg.dataset = cfg.dataset.copy()
+    cfg.dataset.pipeline = lm.config.test_dataloader.dataset.pipeline
+    cfg.sampler = dict(type='DefaultSampler', shuffle=False)
+    cfg.batch_size = lm.config.test_dataloader.batch_size
+    out = []
+    for i, batch in enumerate(Runner.build_dataloader(cfg)):
+        if i >= n:
+            break
+        out.append(lm.model.data_preprocessor(batch, False)['inputs'].float())
+    return out
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
     from enformer_core.analysis import load_model
-    from enformer_core.deploy import agreement, convert_for_cpu
+    from enformer_core.deploy import agreement, convert_named
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_model(args.config, args.checkpoint)
@@ -61,9 +85,13 @@ def main(argv=None):
     results = dict(config=args.config, checkpoint=args.checkpoint,
                    images=sum(x.shape[0] for x, _ in batches), loadavg=list(os.getloadavg()),
                    forms={})
+    calibration = (calibration_batches(lm, args.calibration_batches)
+                   if 'int8-static' in args.dtype else None)
+    if calibration is not None:
+        results['calibration_images'] = sum(x.shape[0] for x in calibration)
     for dtype in args.dtype:
         t0 = time.time()
-        model = convert_for_cpu(lm.model, dtype, fold=not args.no_fold)
+        model = convert_named(lm.model, dtype, calibration, fold=not args.no_fold)
         res = agreement(lm.model, model, batches)
         res['seconds'] = time.time() - t0
         results['forms'][dtype] = res

@@ -1,0 +1,274 @@
+"""int8 Linear layers for CPU inference on oneDNN's VNNI kernels (``docs/deployment.md``).
+
+A Linear ``y = x W^T + b`` with
+
+* **weights** quantised once, symmetric per output channel:
+  ``W ~= s_w[:, None] * Q_w``, ``s_w = max_k |W[:, k]| / 127``, ``Q_w`` int8 in [-127, 127];
+* **activations** quantised asymmetric per tensor from a range ``[lo, hi]``:
+  ``x ~= s_x * (Q_x - z_x)``, ``s_x = (max(hi, 0) - min(lo, 0)) / 255``,
+  ``z_x = round(-min(lo, 0) / s_x)``, ``Q_x = clamp(round(x / s_x) + z_x, 0, 255)`` uint8.
+  *Dynamic* (default): the range of the call's own input, one extra pass, no data needed.
+  *Static*: the range seen over calibration batches (:func:`calibrate`), fixed afterwards;
+  this saves the range pass, and in the FFN ``fc1`` then writes its output directly as
+  ``fc2``'s uint8 input (:func:`int8_mlp`; values beyond the range saturate);
+* the product ``s_x s_w (Q_x - z_x) Q_w^T`` accumulated in int32 by oneDNN's
+  ``onednn::qlinear_pointwise`` (AVX-512 VNNI: four times the multiply-adds per instruction
+  of fp32), rescaled to float32, with the bias, the SiLU or the residual add fused.
+
+Shapes: ``x`` ``(..., K)`` float32, ``Q_w`` ``(N, K)``, output ``(..., N)`` float32.
+
+:func:`int8_linear` is the fast path; :func:`int8_linear_reference` computes the same
+quantised maths with plain float ops (dequantise, then ``F.linear``) and is what the tests
+compare it with.  The ops ship with PyTorch's CPU build: no extra package is needed.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_ONEDNN = getattr(torch.ops, 'onednn', None)
+HAS_INT8_LINEAR = (torch.backends.mkldnn.is_available() and _ONEDNN is not None
+                   and hasattr(_ONEDNN, 'qlinear_pointwise')
+                   and hasattr(_ONEDNN, 'qlinear_prepack'))
+_ACTS = {None: 'none', 'silu': 'swish'}
+_HAS_QUANTIZER = hasattr(torch, 'quantize_per_tensor') and hasattr(torch, 'quint8')
+
+__all__ = ['HAS_INT8_LINEAR', 'Int8Linear', 'Int8Weight', 'activation_qparams', 'calibrate',
+           'int8_linear', 'int8_linear_reference', 'int8_mlp', 'int8_mlp_reference',
+           'qparams_from_range', 'quantize_u8_reference']
+
+
+class Int8Weight:
+    """A Linear's weight quantised per output channel and packed for oneDNN, plus the
+    quantisation of its input: dynamic (``input_qparams is None``) or static.
+
+    Not a tensor: code that would do float maths with it fails loudly instead of silently
+    using a dequantised copy.  :meth:`dequantize` gives the float weight it stands for.
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        if weight.dim() != 2:
+            raise ValueError(f'a Linear weight is (out, in); got shape {tuple(weight.shape)}')
+        w = weight.detach().float().cpu()
+        self.out_features, self.in_features = w.shape
+        self.scale = (w.abs().amax(1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        self.qweight = torch.round(w / self.scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        self.zero_point = torch.zeros(self.out_features, dtype=torch.int64)
+        self.packed = _ONEDNN.qlinear_prepack(self.qweight, None) if HAS_INT8_LINEAR else None
+        self.input_qparams: Optional[Tuple[float, int]] = None   # static (s_x, z_x)
+        self.observed: Optional[Tuple[float, float]] = None      # calibration range
+        self.observing = False
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.out_features, self.in_features))
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight ``s_w[:, None] * Q_w`` that the int8 kernel multiplies by."""
+        return self.qweight.float() * self.scale[:, None]
+
+    def input_quantization(self, x2: torch.Tensor) -> Tuple[float, int]:
+        """``(s_x, z_x)`` for this call: the static ones, or ``x2``'s own (recorded while
+        calibrating)."""
+        if self.input_qparams is not None and not self.observing:
+            return self.input_qparams
+        lo, hi = (v.item() for v in torch.aminmax(x2))
+        if self.observing and math.isfinite(lo) and math.isfinite(hi):
+            old = self.observed or (lo, hi)
+            self.observed = (min(old[0], lo), max(old[1], hi))
+        return qparams_from_range(lo, hi)
+
+    def __repr__(self) -> str:
+        mode = 'dynamic' if self.input_qparams is None else 'static'
+        return (f'Int8Weight(out_features={self.out_features}, in_features={self.in_features}, '
+                f'{mode} input)')
+
+
+def qparams_from_range(lo: float, hi: float) -> Tuple[float, int]:
+    """``(s_x, z_x)`` of the uint8 quantisation of ``[lo, hi]`` widened to hold zero (so
+    that zero padding is exact); ``s_x`` is NaN for a NaN/Inf bound."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return math.nan, 0
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255 if hi > lo else 1.0
+    return scale, int(min(255, max(0, round(-lo / scale))))
+
+
+def activation_qparams(x: torch.Tensor) -> Tuple[float, int]:
+    """:func:`qparams_from_range` of ``x``'s own range (dynamic quantisation)."""
+    lo, hi = (v.item() for v in torch.aminmax(x))
+    return qparams_from_range(lo, hi)
+
+
+def _quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """``Q_x = clamp(round(x / s_x) + z_x, 0, 255)`` as a plain uint8 tensor.
+
+    PyTorch's vectorised quantiser (one pass; 5x faster than the same formula in
+    elementwise ops), then a view of its bytes (``int_repr()`` would copy them).  That
+    quantiser is deprecated: its warning is silenced here, and where it is gone the formula
+    runs in plain ops (:func:`quantize_u8_reference`)."""
+    if not _HAS_QUANTIZER:
+        return quantize_u8_reference(x, scale, zero_point)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'.*quantize_per_tensor', category=UserWarning)
+        q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
+    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(),
+                                                 q.size(), q.stride())
+
+
+def quantize_u8_reference(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """The formula of :func:`_quantize_u8` in plain elementwise ops."""
+    return torch.clamp(torch.round(x / scale) + zero_point, 0, 255).to(torch.uint8)
+
+
+def _float_linear(x, weight: Int8Weight, bias, act, residual):
+    """The dequantised weight on float inputs: for what uint8 cannot hold (NaN/Inf inputs,
+    which then reach only their own rows, as in the float model) and empty inputs."""
+    out = F.linear(x.float(), weight.dequantize(), None if bias is None else bias.float())
+    out = F.silu(out) if act == 'silu' else out
+    return out if residual is None else out + residual
+
+
+def _check(x: torch.Tensor, weight: Int8Weight, act: Optional[str]) -> None:
+    if act not in _ACTS:
+        raise ValueError(f"act must be None or 'silu', got {act!r}")
+    if x.shape[-1] != weight.in_features:
+        raise ValueError(f'input has {x.shape[-1]} features, the int8 Linear expects '
+                         f'{weight.in_features}')
+
+
+def _qparams_of(x: torch.Tensor, weight: Int8Weight) -> Tuple[float, int]:
+    if weight.input_qparams is not None and not weight.observing:
+        return weight.input_qparams
+    return activation_qparams(x) if x.numel() else (1.0, 0)
+
+
+def int8_linear_reference(x: torch.Tensor, weight: Int8Weight, bias: Optional[torch.Tensor],
+                          act: Optional[str] = None,
+                          residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The same quantised maths as :func:`int8_linear` with float ops (for tests)."""
+    x = x.float()
+    scale, zp = _qparams_of(x, weight)
+    xq = quantize_u8_reference(x, scale, zp).float()
+    out = F.linear((xq - zp) * scale, weight.dequantize(),
+                   None if bias is None else bias.float())
+    if act == 'silu':
+        out = F.silu(out)
+    return out if residual is None else out + residual
+
+
+def _qlinear(xq, scale, zp, weight: Int8Weight, bias, act=None, residual=None,
+             out_qparams=None) -> torch.Tensor:
+    """oneDNN's int8 matmul on 2-D ``xq``: float32 out, or uint8 at ``out_qparams``."""
+    b = None if bias is None else bias.float()
+    if residual is not None and act is None:
+        return _ONEDNN.qlinear_pointwise.binary(
+            xq, scale, zp, weight.packed, weight.scale, weight.zero_point, residual, b,
+            1.0, 0, torch.float32, 1.0, 0, 'add', 1.0, 'none', [], '')   # 'add': out of place
+    o_scale, o_zp = out_qparams or (1.0, 0)
+    out = _ONEDNN.qlinear_pointwise(xq, scale, zp, weight.packed, weight.scale,
+                                    weight.zero_point, b, o_scale, o_zp,
+                                    None if out_qparams else torch.float32, _ACTS[act], [], '')
+    return out if residual is None else out.add_(residual)
+
+
+def int8_linear(x: torch.Tensor, weight: Int8Weight, bias: Optional[torch.Tensor],
+                act: Optional[str] = None,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``act(x W^T + b) + residual`` with int8 ``W`` and uint8-quantised ``x`` (``act``:
+    ``None`` or ``'silu'``; as :func:`enformer_core.ops.fused.linear`, whose int8 branch
+    this is).  float32 in and out."""
+    _check(x, weight, act)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, weight.in_features).float()
+    if x2.shape[0] == 0 or weight.in_features == 0:
+        return _float_linear(x, weight, bias, act, residual)
+    if not HAS_INT8_LINEAR:
+        return int8_linear_reference(x, weight, bias, act, residual)
+    scale, zp = weight.input_quantization(x2)
+    if math.isnan(scale):
+        return _float_linear(x, weight, bias, act, residual)
+    res = None if residual is None else residual.reshape(-1, weight.out_features).float()
+    out = _qlinear(_quantize_u8(x2.contiguous(), scale, zp), scale, zp, weight, bias, act,
+                   None if res is None else res.contiguous())
+    return out.view(*lead, weight.out_features)
+
+
+def _chained(w1: Int8Weight, w2: Int8Weight) -> bool:
+    return (HAS_INT8_LINEAR and w1.input_qparams is not None and w2.input_qparams is not None
+            and not (w1.observing or w2.observing))
+
+
+def int8_mlp(x: torch.Tensor, w1: Int8Weight, b1: Optional[torch.Tensor], w2: Int8Weight,
+             b2: Optional[torch.Tensor], residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``residual + fc2(silu(fc1(x)))`` in int8.  With static input quantisation on both
+    Linears, ``fc1`` writes the SiLU output directly as ``fc2``'s uint8 input (a quarter of
+    the bytes of float32, and no quantise pass); otherwise two :func:`int8_linear` calls."""
+    _check(x, w1, 'silu')
+    if not _chained(w1, w2) or x.numel() == 0:
+        return int8_linear(int8_linear(x, w1, b1, act='silu'), w2, b2, residual=residual)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, w1.in_features).float().contiguous()
+    s1, z1 = w1.input_qparams
+    s2, z2 = w2.input_qparams
+    hq = _qlinear(_quantize_u8(x2, s1, z1), s1, z1, w1, b1, 'silu', out_qparams=(s2, z2))
+    res = None if residual is None else residual.reshape(-1, w2.out_features).float()
+    out = _qlinear(hq, s2, z2, w2, b2, None, None if res is None else res.contiguous())
+    return out.view(*lead, w2.out_features)
+
+
+def int8_mlp_reference(x, w1, b1, w2, b2, residual=None) -> torch.Tensor:
+    """:func:`int8_mlp`'s maths with float ops (for tests)."""
+    h = int8_linear_reference(x, w1, b1, act='silu')
+    return int8_linear_reference(h, w2, b2, residual=residual)
+
+
+@contextmanager
+def calibrate(weights: Iterable[Int8Weight]) -> Iterator[None]:
+    """Within the block, every weight records the range of its inputs; on exit each one
+    that saw an input gets static ``input_qparams`` from it (the others stay dynamic)::
+
+        with calibrate(ws):
+            for images in batches:
+                model(images)
+    """
+    weights = list(weights)
+    for w in weights:
+        w.observing, w.observed = True, None
+    try:
+        yield
+    finally:
+        for w in weights:
+            w.observing = False
+            if w.observed is not None:
+                w.input_qparams = qparams_from_range(*w.observed)
+
+
+class Int8Linear(nn.Module):
+    """Drop-in inference replacement of an ``nn.Linear`` (:meth:`from_linear`).  ``weight``
+    is the :class:`Int8Weight`, so model code that passes ``module.weight`` to
+    :func:`enformer_core.ops.fused.linear` runs the int8 kernel too."""
+
+    def __init__(self, weight: Int8Weight, bias: Optional[torch.Tensor]):
+        super().__init__()
+        self.weight = weight
+        self.register_buffer('bias', None if bias is None else bias.detach().float().clone())
+        self.in_features, self.out_features = weight.in_features, weight.out_features
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> 'Int8Linear':
+        return cls(Int8Weight(linear.weight), linear.bias)
+
+    def extra_repr(self) -> str:
+        mode = 'dynamic' if self.weight.input_qparams is None else 'static'
+        return (f'in_features={self.in_features}, out_features={self.out_features}, '
+                f'bias={self.bias is not None}, int8 weights, {mode} uint8 activations')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return int8_linear(x, self.weight, self.bias)
