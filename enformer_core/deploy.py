@@ -140,9 +140,8 @@ def _quantise_linears_int8(model: nn.Module) -> int:
 
 @torch.inference_mode()
 def _calibrate_int8(model: nn.Module, batches: Iterable) -> None:
-    weights = [m.weight for m in model.modules() if isinstance(m, Int8Linear)]
     seen = 0
-    with calibrate(weights):
+    with calibrate(m.weight for m in model.modules() if isinstance(m, Int8Linear)):
         for batch in batches:
             x, _ = _images_and_labels(batch)
             model(x.float())

@@ -205,6 +205,27 @@ def test_static_int8_calibrated_close_to_fp32_and_to_dynamic(published_s):
     assert 0 < err['max_rel'] < 5e-2, err
 
 
+def test_int8_form_copies_saves_and_loads(published_s, tmp_path):
+    """A converted int8 model deep-copies, and its state dict (quantised weights and static
+    input quantisation included) loads into another int8 model: same outputs."""
+    import copy
+    torch.manual_seed(0)
+    static = convert_for_cpu(published_s, 'int8', calibration=[torch.randn(2, 3, 64, 64)])
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        ref = static(x)
+        assert torch.equal(copy.deepcopy(static)(x), ref)
+    state = static.state_dict()
+    key = 'module.backbone.stages.2.blocks.0.ffn.fc1.qweight'
+    assert state[key].dtype == torch.int8
+    assert not torch.isnan(state[key.replace('qweight', 'input_qparams')]).any()  # static
+    torch.save(state, tmp_path / 'int8.pth')
+    other = convert_for_cpu(create_model('enformer_s'), 'int8')     # other weights, dynamic
+    other.load_state_dict(torch.load(tmp_path / 'int8.pth', weights_only=True))
+    with torch.inference_mode():
+        assert torch.equal(other(x), ref)
+
+
 def test_int8_forms_give_nan_rows_for_non_finite_inputs(published_s):
     x = torch.randn(3, 3, 64, 64)
     x[1, 0, 5, 5] = float('nan')

@@ -56,14 +56,26 @@ class Int8Weight:
         if weight.dim() != 2:
             raise ValueError(f'a Linear weight is (out, in); got shape {tuple(weight.shape)}')
         w = weight.detach().float().cpu()
-        self.out_features, self.in_features = w.shape
-        self.scale = (w.abs().amax(1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-        self.qweight = torch.round(w / self.scale[:, None]).clamp_(-127, 127).to(torch.int8)
-        self.zero_point = torch.zeros(self.out_features, dtype=torch.int64)
-        self.packed = _ONEDNN.qlinear_prepack(self.qweight, None) if HAS_INT8_LINEAR else None
+        scale = (w.abs().amax(1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        self._set(torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale)
         self.input_qparams: Optional[Tuple[float, int]] = None   # static (s_x, z_x)
         self.observed: Optional[Tuple[float, float]] = None      # calibration range
         self.observing = False
+
+    def _set(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
+        self.qweight, self.scale = qweight, scale
+        self.out_features, self.in_features = qweight.shape
+        self.zero_point = torch.zeros(self.out_features, dtype=torch.int64)
+        # oneDNN's blocked copy of Q_w: an opaque tensor that cannot be copied or pickled,
+        # so copies and pickles carry (Q_w, s_w) and pack again (__getstate__/__setstate__)
+        self.packed = _ONEDNN.qlinear_prepack(qweight, None) if HAS_INT8_LINEAR else None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != 'packed'}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._set(state['qweight'], state['scale'])
 
     @property
     def shape(self) -> torch.Size:
@@ -260,6 +272,28 @@ class Int8Linear(nn.Module):
         self.weight = weight
         self.register_buffer('bias', None if bias is None else bias.detach().float().clone())
         self.in_features, self.out_features = weight.in_features, weight.out_features
+        # the state dict carries the quantised weight and the static input quantisation
+        # (NaN: dynamic), so that a converted model saves and loads like any other module
+        self.register_buffer('qweight', weight.qweight)
+        self.register_buffer('weight_scale', weight.scale)
+        self.register_buffer('input_qparams', torch.full((2,), math.nan))
+        self.sync_input_qparams()
+
+    def sync_input_qparams(self) -> None:
+        """Copy the weight's static input quantisation into the ``input_qparams`` buffer
+        (done on saving; :func:`calibrate` sets it on the weight)."""
+        q = self.weight.input_qparams
+        self.input_qparams.copy_(torch.tensor([math.nan, math.nan] if q is None else q))
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self.sync_input_qparams()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.weight._set(self.qweight, self.weight_scale)     # pack the loaded weight
+        s, z = self.input_qparams.tolist()
+        self.weight.input_qparams = None if math.isnan(s) else (s, int(z))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> 'Int8Linear':
