@@ -1,4 +1,4 @@
-"""int8 Linear layers for CPU inference on oneDNN's VNNI kernels (``docs/deployment.md``).
+"""int8 Linear layers for CPU inference on oneDNN's VNNI kernels (``docs/benchmarks.md``).
 
 A Linear ``y = x W^T + b`` with
 
