@@ -89,25 +89,26 @@ class NonFiniteRows(nn.Module):
 
 
 def _nan_rows(out, bad: torch.Tensor):
-    if isinstance(out, torch.Tensor):
-        if out.is_floating_point() and out.dim() and out.shape[0] == bad.shape[0]:
-            out = out.clone()
-            out[bad] = float('nan')
-        return out
-    if isinstance(out, (list, tuple)):
-        return type(out)(_nan_rows(o, bad) for o in out)
-    if isinstance(out, dict):
-        return {k: _nan_rows(v, bad) for k, v in out.items()}
-    return out
+    def fill(t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point() and t.dim() and t.shape[0] == bad.shape[0]:
+            t = t.clone()
+            t[bad] = float('nan')
+        return t
+    return _map_tensors(out, fill)
 
 
 def _to_float32(out):
+    return _map_tensors(out, lambda t: t.float() if t.is_floating_point() else t)
+
+
+def _map_tensors(out, fn):
+    """``fn`` applied to every tensor of a (nested) tuple / list / dict output."""
     if isinstance(out, torch.Tensor):
-        return out.float() if out.is_floating_point() else out
+        return fn(out)
     if isinstance(out, (list, tuple)):
-        return type(out)(_to_float32(o) for o in out)
+        return type(out)(_map_tensors(o, fn) for o in out)
     if isinstance(out, dict):
-        return {k: _to_float32(v) for k, v in out.items()}
+        return {k: _map_tensors(v, fn) for k, v in out.items()}
     return out
 
 
