@@ -37,13 +37,15 @@ from .analysis.loading import strip_pretrained
 from .datasets import shapes_ade
 from .datasets.images import list_images, load_image
 from .hub import label_names, resolve_file
+from .deploy import convert_for_cpu
 from .utils.launch import load_config
 
 TASKS = {'mmpretrain': 'classification', 'mmcls': 'classification', 'mmdet': 'detection',
          'mmseg': 'segmentation'}
 #: transforms of a test pipeline that need annotations (an image alone has none)
 _NEEDS_LABELS = ('LoadAnnotations', 'CheckSegLabels', 'LoadDepthAnnotation')
-DTYPES = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+#: autocast dtypes, and ``'int8'``: the backbone in its int8 CPU form (:mod:`.deploy`)
+DTYPES = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': None}
 
 
 def output_name(spec: str) -> str:
@@ -61,7 +63,9 @@ class Predictor:
         checkpoint: ``'none'``/``None`` (random initialisation, ``init_weights()``), a path or
             a URL, our layout or a published one; loaded strictly.
         device: ``'cpu'``, ``'cuda'``, ...
-        dtype: ``'float32'`` (default), ``'bfloat16'`` or ``'float16'`` (autocast).
+        dtype: ``'float32'`` (default), ``'bfloat16'`` or ``'float16'`` (autocast), or
+            ``'int8'`` (CPU: the backbone's Linears on oneDNN's int8 kernels, dynamic
+            activation quantisation; heads stay float32).
         score_thr: detections drawn from this score on (all are in the JSON).
         topk: labels reported per image (classification).
         cfg_options: ``{key: value}`` merged into the config first.
@@ -89,6 +93,9 @@ class Predictor:
                              f'{scope!r}; expected one of {sorted(set(TASKS))}')
         if (dtype or 'float32') not in DTYPES:
             raise ValueError(f'dtype must be one of {list(DTYPES)}, got {dtype!r}')
+        if dtype == 'int8' and torch.device(device).type != 'cpu':
+            raise ValueError(f"dtype='int8' runs on the CPU (oneDNN's int8 kernels), not on "
+                             f'{device!r}')
         self.task, self.cfg, self.device = TASKS[scope], cfg, device
         self.config_name = os.path.basename(getattr(cfg, 'filename', None) or 'config')
         self.dtype, self.score_thr, self.topk = DTYPES[dtype or 'float32'], score_thr, topk
@@ -112,6 +119,8 @@ class Predictor:
         else:
             self.report, meta = load_weights(self.model, self.checkpoint)
         self.model.to(device).eval()
+        if dtype == 'int8':  # folded, Linears quantised; NaN inputs still give NaN outputs
+            self.model.backbone = convert_for_cpu(self.model.backbone, 'int8', inplace=True)
         self.classes, self.palette, self.classes_from = self._class_names(meta)
         self.model.dataset_meta = dict(classes=tuple(self.classes), palette=self.palette)
 

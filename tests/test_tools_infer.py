@@ -171,8 +171,13 @@ def test_python_api_without_out_dir_writes_nothing(photos, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
     [c] = infer(str(ROOT / CLS_DEMO), 'none', [str(photos / 'voc.jpg')], dtype='bfloat16')
     assert len(c['topk']) == 5 and abs(c['topk'][0]['score'] - a[0]['topk'][0]['score']) < 0.02
+    [q] = infer(str(ROOT / CLS_DEMO), 'none', [str(photos / 'voc.jpg')], dtype='int8')
+    assert len(q['topk']) == 5 and abs(q['topk'][0]['score'] - a[0]['topk'][0]['score']) < 0.05
     with pytest.raises(ValueError, match='dtype must be one of'):
-        infer(str(ROOT / CLS_DEMO), 'none', [str(photos / 'voc.jpg')], dtype='int8')
+        infer(str(ROOT / CLS_DEMO), 'none', [str(photos / 'voc.jpg')], dtype='int4')
+    with pytest.raises(ValueError, match="int8.*CPU"):
+        infer(str(ROOT / CLS_DEMO), 'none', [str(photos / 'voc.jpg')], dtype='int8',
+              device='cuda')
 
 
 def _fashion_labels(split):

@@ -2,7 +2,7 @@
 """One image (or a folder) in, a prediction out: classification, detection or segmentation.
 
     python tools/infer.py CONFIG CKPT IMAGES... --out-dir DIR [--device cpu]
-                          [--dtype float32|bfloat16|float16] [--score-thr 0.3] [--topk 5]
+                          [--dtype float32|bfloat16|float16|int8] [--score-thr 0.3] [--topk 5]
                           [--cfg-options k=v ...]
 
 The task comes from the config's ``default_scope`` (mmpretrain / mmdet / mmseg; their
@@ -33,8 +33,10 @@ def parse_args(argv=None):
                    help='image files, folders, or fashion-mnist:IDX')
     p.add_argument('--out-dir', required=True, help='where the JSON and PNG files go')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
-                   help='autocast dtype (default float32)')
+    p.add_argument('--dtype', default='float32',
+                   choices=['float32', 'bfloat16', 'float16', 'int8'],
+                   help='autocast dtype (default float32), or int8: the backbone in its int8 '
+                        'CPU form (enformer_core.deploy)')
     p.add_argument('--score-thr', type=float, default=0.3, help='detections drawn from here on')
     p.add_argument('--topk', type=int, default=5, help='labels per image (classification)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
