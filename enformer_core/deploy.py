@@ -209,13 +209,24 @@ def convert_named(model: nn.Module, name: str, calibration: Optional[Iterable] =
 @torch.inference_mode()
 def logit_error(reference: nn.Module, model: nn.Module, x: torch.Tensor) -> Dict[str, float]:
     """Max and mean ``|model(x) - reference(x)|`` and the max relative to the largest
-    reference logit, on one batch."""
-    ref = reference.eval()(x).float()
-    out = model.eval()(x).float()
+    reference value, on one batch; plus the top-1 agreement when the output is one
+    ``(batch, classes)`` tensor.  Several outputs (a dense backbone's feature maps) are
+    compared all together."""
+    ref_out, out_out = reference.eval()(x), model.eval()(x)
+    ref, out = _flat_outputs(ref_out), _flat_outputs(out_out)
     diff = (out - ref).abs()
-    return dict(max_abs=diff.max().item(), mean_abs=diff.mean().item(),
-                max_rel=(diff.max() / ref.abs().max().clamp_min(1e-12)).item(),
-                top1_agreement=(out.argmax(-1) == ref.argmax(-1)).float().mean().item())
+    res = dict(max_abs=diff.max().item(), mean_abs=diff.mean().item(),
+               max_rel=(diff.max() / ref.abs().max().clamp_min(1e-12)).item())
+    if isinstance(ref_out, torch.Tensor) and ref_out.dim() == 2:
+        res['top1_agreement'] = (out.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    return res
+
+
+def _flat_outputs(out) -> torch.Tensor:
+    """Every tensor of a (nested) output, float32, as ``(batch, -1)`` columns side by side."""
+    parts = []
+    _map_tensors(out, lambda t: parts.append(t.float().reshape(t.shape[0], -1)))
+    return torch.cat(parts, 1)
 
 
 def _images_and_labels(batch):

@@ -205,6 +205,23 @@ def test_static_int8_calibrated_close_to_fp32_and_to_dynamic(published_s):
     assert 0 < err['max_rel'] < 5e-2, err
 
 
+def test_dense_backbone_forms_compare_all_their_maps():
+    """A dense backbone (four feature maps) converts to every form; logit_error compares
+    all the maps together and reports no top-1 agreement (there are no logits)."""
+    from enformer_core.models.enformer import EnFormer
+    torch.manual_seed(0)
+    backbone = EnFormer(arch='s', out_indices=(0, 1, 2, 3)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    for dtype in ('bf16', 'int8'):
+        form = convert_for_cpu(backbone, dtype)
+        with torch.inference_mode():
+            maps = form(x)
+        assert [m.shape[1] for m in maps] == [40, 80, 160, 320]
+        assert all(m.dtype == torch.float32 for m in maps)
+        err = logit_error(backbone, form, x)
+        assert 'top1_agreement' not in err and 0 < err['max_rel'] < 5e-2, (dtype, err)
+
+
 def test_int8_form_copies_saves_and_loads(published_s, tmp_path):
     """A converted int8 model deep-copies, and its state dict (quantised weights and static
     input quantisation included) loads into another int8 model: same outputs."""
