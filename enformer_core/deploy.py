@@ -122,21 +122,18 @@ def _fold(model: nn.Module) -> bool:
     return False
 
 
-def _quantise_linears_int8(model: nn.Module) -> int:
+def _quantise_linears_int8(model: nn.Module) -> None:
     """Every ``nn.Linear`` but the classifier head and the centre projections becomes an
-    :class:`Int8Linear`; returns the count.  The head keeps float logits, and the centre
+    :class:`Int8Linear`.  The head keeps float logits, and the centre
     projections act on a few dozen centres (no speed to gain; the clustering code reads
     their float weights directly)."""
     head = getattr(model, 'head', None)
     head_fc = getattr(head, 'fc', head)
-    count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if (type(child) is nn.Linear and child is not head_fc
                     and not name.endswith('centre_proj')):
                 setattr(parent, name, Int8Linear.from_linear(child))
-                count += 1
-    return count
 
 
 @torch.inference_mode()

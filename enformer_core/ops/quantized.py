@@ -85,13 +85,15 @@ class Int8Weight:
         """The float32 weight ``s_w[:, None] * Q_w`` that the int8 kernel multiplies by."""
         return self.qweight.float() * self.scale[:, None]
 
-    def input_quantization(self, x2: torch.Tensor) -> Tuple[float, int]:
+    def input_quantization(self, x2: torch.Tensor, record: bool = True) -> Tuple[float, int]:
         """``(s_x, z_x)`` for this call: the static ones, or ``x2``'s own (recorded while
-        calibrating)."""
+        calibrating, unless ``record`` is off)."""
         if self.input_qparams is not None and not self.observing:
             return self.input_qparams
-        lo, hi = (v.item() for v in torch.aminmax(x2))
-        if self.observing and math.isfinite(lo) and math.isfinite(hi):
+        if x2.numel() == 0:
+            return 1.0, 0
+        lo, hi = _range(x2)
+        if record and self.observing and math.isfinite(lo) and math.isfinite(hi):
             old = self.observed or (lo, hi)
             self.observed = (min(old[0], lo), max(old[1], hi))
         return qparams_from_range(lo, hi)
@@ -112,10 +114,14 @@ def qparams_from_range(lo: float, hi: float) -> Tuple[float, int]:
     return scale, int(min(255, max(0, round(-lo / scale))))
 
 
+def _range(x: torch.Tensor) -> Tuple[float, float]:
+    lo, hi = torch.aminmax(x)
+    return lo.item(), hi.item()
+
+
 def activation_qparams(x: torch.Tensor) -> Tuple[float, int]:
     """:func:`qparams_from_range` of ``x``'s own range (dynamic quantisation)."""
-    lo, hi = (v.item() for v in torch.aminmax(x))
-    return qparams_from_range(lo, hi)
+    return qparams_from_range(*_range(x))
 
 
 def _quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
@@ -155,18 +161,12 @@ def _check(x: torch.Tensor, weight: Int8Weight, act: Optional[str]) -> None:
                          f'{weight.in_features}')
 
 
-def _qparams_of(x: torch.Tensor, weight: Int8Weight) -> Tuple[float, int]:
-    if weight.input_qparams is not None and not weight.observing:
-        return weight.input_qparams
-    return activation_qparams(x) if x.numel() else (1.0, 0)
-
-
 def int8_linear_reference(x: torch.Tensor, weight: Int8Weight, bias: Optional[torch.Tensor],
                           act: Optional[str] = None,
                           residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The same quantised maths as :func:`int8_linear` with float ops (for tests)."""
     x = x.float()
-    scale, zp = _qparams_of(x, weight)
+    scale, zp = weight.input_quantization(x, record=False)
     xq = quantize_u8_reference(x, scale, zp).float()
     out = F.linear((xq - zp) * scale, weight.dequantize(),
                    None if bias is None else bias.float())
@@ -201,9 +201,9 @@ def int8_linear(x: torch.Tensor, weight: Int8Weight, bias: Optional[torch.Tensor
     x2 = x.reshape(-1, weight.in_features).float()
     if x2.shape[0] == 0 or weight.in_features == 0:
         return _float_linear(x, weight, bias, act, residual)
-    if not HAS_INT8_LINEAR:
-        return int8_linear_reference(x, weight, bias, act, residual)
     scale, zp = weight.input_quantization(x2)
+    if not HAS_INT8_LINEAR:   # (the range is recorded above when calibrating)
+        return int8_linear_reference(x, weight, bias, act, residual)
     if math.isnan(scale):
         return _float_linear(x, weight, bias, act, residual)
     res = None if residual is None else residual.reshape(-1, weight.out_features).float()
