@@ -24,20 +24,24 @@ The forms (``docs/benchmarks.md`` has their speed and accuracy effect):
   clusterings' centre projections) multiply int8 weights by uint8 activations on oneDNN's
   VNNI kernels (:mod:`enformer_core.ops.quantized`: per-channel weights, per-tensor
   activations, SiLU and residual adds fused).  Activations are quantised dynamically, or
-  statically from ranges recorded over ``calibration`` batches (faster).  The other layers
-  stay in float32, which on CPU is faster than bf16 for them.  Only PyTorch is needed;
+  statically from ranges recorded over ``calibration`` batches; the static form is faster
+  and also runs the convolutions in int8 (:mod:`enformer_core.ops.quantized_conv`).  The
+  other layers stay in float32, which on CPU is faster than bf16 for them.  Only PyTorch is
+  needed;
   samples whose input holds NaN/Inf get NaN outputs, as in fp32 (:class:`NonFiniteRows`).
 """
 from __future__ import annotations
 
 import copy
+import math
 from typing import Dict, Iterable, Optional
 
 import torch
 import torch.nn as nn
 
-from .models.layers import LayerScaleLinear
-from .ops.quantized import HAS_INT8_LINEAR, Int8Linear, calibrate
+from .models.layers import LayerScaleLinear, ReparamDWConv
+from .ops.quantized import HAS_INT8_LINEAR, Int8Linear, Int8Module, calibrate
+from .ops.quantized_conv import HAS_INT8_CONV, Int8Conv2d
 from .utils.malloc import tune_malloc
 
 __all__ = ['DTYPES', 'FORM_NAMES', 'CastIO', 'NonFiniteRows', 'agreement', 'convert_for_cpu',
@@ -81,7 +85,10 @@ class NonFiniteRows(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         out = self.module(x, *args, **kwargs)
-        if x.is_floating_point() and x.dim() > 1 and x.shape[0]:
+        # one summing pass: a NaN/Inf anywhere makes the sum non-finite (so can an overflow
+        # of huge finite values, which the per-sample test below then clears)
+        if x.is_floating_point() and x.dim() > 1 and x.shape[0] and \
+                not math.isfinite(x.sum().item()):
             bad = ~torch.isfinite(x).flatten(1).all(1)
             if bad.any():
                 out = _nan_rows(out, bad)
@@ -136,10 +143,31 @@ def _quantise_linears_int8(model: nn.Module) -> None:
                 setattr(parent, name, Int8Linear.from_linear(child))
 
 
+def _quantise_convs_int8(model: nn.Module) -> None:
+    """Every plain ``nn.Conv2d`` with zero padding, and every folded
+    :class:`ReparamDWConv` (one depthwise conv), becomes an :class:`Int8Conv2d`.  Done for
+    the static form only: a dynamic conv's range pass over a full-resolution map costs more
+    than the int8 kernel saves (``docs/benchmarks.md``)."""
+    def convertible(m):
+        if isinstance(m, ReparamDWConv):
+            return m.deploy      # unfolded: its convs are branches, not the whole op
+        return (type(m) is nn.Conv2d and m.padding_mode == 'zeros'
+                and not isinstance(m.padding, str))
+
+    def walk(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if convertible(child):
+                conv = child.conv if isinstance(child, ReparamDWConv) else child
+                setattr(parent, name, Int8Conv2d.from_conv(conv))
+            elif not isinstance(child, ReparamDWConv):
+                walk(child)
+    walk(model)
+
+
 @torch.inference_mode()
 def _calibrate_int8(model: nn.Module, batches: Iterable) -> None:
     seen = 0
-    with calibrate(m.weight for m in model.modules() if isinstance(m, Int8Linear)):
+    with calibrate(m.weight for m in model.modules() if isinstance(m, Int8Module)):
         for batch in batches:
             x, _ = _images_and_labels(batch)
             model(x.float())
@@ -159,9 +187,10 @@ def convert_for_cpu(model: nn.Module, dtype: str = 'bf16', inplace: bool = False
 
     ``calibration`` (int8 only): batches of images (tensors, ``(images, labels)`` pairs or
     mmpretrain dicts, already normalised as the model expects) whose activation ranges fix
-    static input quantisation for every int8 Linear (faster: no range pass, and the FFN's
-    hidden activations go from ``fc1`` to ``fc2`` as uint8).  Without it the activations
-    are quantised dynamically, call by call.
+    static input quantisation for every int8 layer.  The static form is faster: no range
+    passes, the convolutions run in int8 too, and EnFormer's FFN passes uint8 activations
+    from its depthwise conv to ``fc2``.  Without it the Linears' activations are quantised
+    dynamically, call by call, and the convolutions stay float32.
     """
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
@@ -185,6 +214,8 @@ def convert_for_cpu(model: nn.Module, dtype: str = 'bf16', inplace: bool = False
                 m.fuse()
         _quantise_linears_int8(model)
         if calibration is not None:
+            if HAS_INT8_CONV:
+                _quantise_convs_int8(model)
             _calibrate_int8(model, calibration)
         return NonFiniteRows(model, 'int8' if calibration is None else 'int8-static')
     return CastIO(model.to(torch.bfloat16), torch.bfloat16, dtype)

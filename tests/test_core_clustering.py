@@ -105,6 +105,25 @@ def test_straight_through_hard_mask_forward_and_gradient():
     assert torch.equal(ops.argmax_centres(tie), torch.zeros(1, 1, 2, dtype=torch.long))
 
 
+def test_eval_one_hot_equals_argmax_with_ties_and_nan():
+    """The eval mask (``x == amax`` where every column has one maximum) equals the one-hot
+    of argmax, also for exact ties (first maximum) and NaN columns (the index path)."""
+    def reference(x):
+        return F.one_hot(x.argmax(1), x.shape[1]).transpose(1, 2).to(x.dtype)
+    x = torch.randn(4, 9, 50)
+    x[0, :, 3] = 0.7                     # a column of equal similarities (a blank image)
+    x[1, 2, 5] = x[1, 6, 5] = x[1, :, 5].max() + 1      # two maxima, not first
+    x[2, :, 7] = float('nan')
+    for case in (x, x[:, :, 8:], x.double(), x.transpose(1, 2).contiguous().transpose(1, 2)):
+        out = ops.hard_mask(case, training=False)
+        ref = reference(case.nan_to_num(nan=0.0)) if torch.isnan(case).any() else \
+            reference(case)
+        keep = ~torch.isnan(case).any(1, keepdim=True).expand_as(case)
+        assert out.dtype == case.dtype and torch.equal(out[keep], ref[keep])
+    assert torch.equal(ops.one_hot_argmax(x[3:]), reference(x[3:]))     # the fast path
+    assert (ops.one_hot_argmax(x[2:3]).sum(1) == 1).all()   # NaN columns: still one-hot
+
+
 def test_unit_vectors_match_f_normalize():
     x = _rand(2, 6, 5)
     x[0, 0] = 0.0  # a zero vector stays zero, as with F.normalize

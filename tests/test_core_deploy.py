@@ -11,11 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from enformer_core import create_model, list_models, load_checkpoint
-from enformer_core.deploy import agreement, convert_for_cpu, logit_error
+from enformer_core.deploy import NonFiniteRows, agreement, convert_for_cpu, logit_error
 from enformer_core.ops import clustering as ops
 from enformer_core.ops import fused, quantized
 from enformer_core.ops.quantized import (Int8Linear, Int8Weight, activation_qparams, int8_linear,
                                          int8_linear_reference)
+from enformer_core.ops.quantized_conv import (Int8Conv2d, Int8ConvWeight, int8_conv2d,
+                                              int8_conv2d_reference, int8_conv_mlp,
+                                              int8_conv_mlp_reference)
 
 
 def _rand(*shape):
@@ -186,20 +189,36 @@ def test_every_model_has_bf16_and_int8_forms(name):
     x = torch.randn(2, 3, 64, 64)
     int8 = convert_for_cpu(model, 'int8')
     assert sum(isinstance(m, Int8Linear) for m in int8.modules()) > 0
-    for form in (int8, convert_for_cpu(model, 'bf16')):
+    static = convert_for_cpu(model, 'int8', calibration=[x])
+    assert sum(isinstance(m, Int8Conv2d) for m in static.modules()) > 0      # convs too
+    for form in (int8, static, convert_for_cpu(model, 'bf16')):
         err = logit_error(model, form, x)
         assert 0 < err['max_rel'] < 0.15, (name, err)
 
 
 def test_static_int8_calibrated_close_to_fp32_and_to_dynamic(published_s):
-    """Calibration fixes every int8 Linear's input quantisation; the static form stays
-    within 5 % of the largest fp32 logit (on images like the calibration ones)."""
+    """Calibration fixes every int8 layer's input quantisation; the static form also runs
+    the stem, downsampling and folded FFN convs in int8 (the dynamic form keeps them float)
+    and stays within 5 % of the largest fp32 logit (on images like the calibration ones)."""
     torch.manual_seed(0)
     calib = [torch.randn(4, 3, 96, 96) for _ in range(2)]
     static = convert_for_cpu(published_s, 'int8', calibration=calib)
-    weights = [m.weight for m in static.modules() if isinstance(m, Int8Linear)]
+    weights = [m.weight for m in static.modules() if isinstance(m, (Int8Linear, Int8Conv2d))]
     assert weights and all(w.input_qparams is not None and not w.observing for w in weights)
     assert 'static' in repr(static)
+    backbone = static.module.backbone
+    convs = [backbone.stem.conv1, backbone.stem.conv2, backbone.stages[0].downsample.conv,
+             backbone.stages[3].blocks[0].ffn.dwconv]
+    assert all(isinstance(c, Int8Conv2d) for c in convs)
+    assert convs[-1].weight.groups == 320 and convs[0].weight.stride == [2, 2]
+    dynamic = convert_for_cpu(published_s, 'int8')
+    assert not any(isinstance(m, Int8Conv2d) for m in dynamic.modules())
+    # unfolded (fold=False): the FFN's branch convs are not the whole op and stay float
+    unfolded = convert_for_cpu(published_s, 'int8', fold=False, calibration=calib)
+    ffn = unfolded.module.backbone.stages[0].blocks[0].ffn
+    assert type(ffn.dwconv.conv) is torch.nn.Conv2d
+    assert isinstance(unfolded.module.backbone.stem.conv1, Int8Conv2d)
+    assert logit_error(published_s, unfolded, calib[0])['max_rel'] < 5e-2
     x = torch.randn(2, 3, 96, 96)
     err = logit_error(published_s, static, x)
     assert 0 < err['max_rel'] < 5e-2, err
@@ -237,7 +256,10 @@ def test_int8_form_copies_saves_and_loads(published_s, tmp_path):
     assert state[key].dtype == torch.int8
     assert not torch.isnan(state[key.replace('qweight', 'input_qparams')]).any()  # static
     torch.save(state, tmp_path / 'int8.pth')
-    other = convert_for_cpu(create_model('enformer_s'), 'int8')     # other weights, dynamic
+    # other weights and other ranges (the static form's convs are int8 too, so its state
+    # dict loads into a static form)
+    other = convert_for_cpu(create_model('enformer_s'), 'int8',
+                            calibration=[torch.randn(1, 3, 64, 64) * 5])
     other.load_state_dict(torch.load(tmp_path / 'int8.pth', weights_only=True))
     with torch.inference_mode():
         assert torch.equal(other(x), ref)
@@ -250,7 +272,11 @@ def test_int8_forms_give_nan_rows_for_non_finite_inputs(published_s):
                  convert_for_cpu(published_s, 'int8', calibration=[torch.randn(2, 3, 64, 64)])):
         with torch.inference_mode():
             out = form(x)
-        assert torch.isnan(out[1]).all() and torch.isfinite(out[[0, 2]]).all()
+            assert torch.isnan(out[1]).all() and torch.isfinite(out[[0, 2]]).all()
+    # huge finite inputs overflow the one-pass check's sum; the per-sample test clears them
+    huge = torch.full((2, 3, 4, 4), 3e38)
+    assert torch.isinf(huge.sum())
+    assert torch.equal(NonFiniteRows(torch.nn.Identity(), 'int8')(huge), huge)
 
 
 def test_calibration_arguments_are_checked(published_s):
@@ -331,7 +357,7 @@ def test_int8_quantisation_formulas():
 def test_fast_uint8_quantiser_equals_the_formula():
     x = torch.randn(300, 40) * 3
     scale, zp = activation_qparams(x)
-    fast = quantized._quantize_u8(x, scale, zp)
+    fast = quantized.quantize_u8(x, scale, zp)
     ref = quantized.quantize_u8_reference(x, scale, zp)
     assert fast.dtype == torch.uint8 and fast.shape == x.shape
     assert (fast.int() - ref.int()).abs().max() <= 1          # ties may round either way
@@ -352,6 +378,86 @@ def test_int8_linear_edge_cases():
         int8_linear(x, Int8Weight(w), b, act='gelu')
     with pytest.raises(ValueError, match='shape'):
         Int8Weight(torch.randn(3, 4, 5))
+
+
+@pytest.mark.parametrize('cin,cout,k,stride,dilation,groups', [
+    (5, 20, 3, 2, 1, 1),        # EnFormer's stem
+    (40, 40, 3, 1, 1, 40),      # the folded FFN conv (depthwise)
+    (24, 24, 5, 1, 2, 24),      # dilated depthwise
+    (16, 32, 1, 1, 1, 1),       # pointwise (Context Clusters / FEC)
+])
+def test_int8_conv_fast_path_equals_its_reference(cin, cout, k, stride, dilation, groups):
+    """oneDNN's int8 conv computes the documented quantised maths (channels-last float out,
+    zero padding exact) for any input memory format, and stays close to the float conv."""
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(cin, cout, k, stride, dilation * (k // 2), dilation, groups)
+    x = torch.randn(2, cin, 13, 11, generator=g) * 1.5 + 0.2
+    layer = Int8Conv2d.from_conv(conv)
+    assert isinstance(layer.weight, Int8ConvWeight) and 'dynamic' in repr(layer)
+    with torch.inference_mode():
+        exact = conv(x)
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            fast = layer(inp)
+            ref = int8_conv2d_reference(inp, layer.weight, layer.bias)
+            assert fast.shape == exact.shape and fast.dtype == torch.float32
+            assert fast.is_contiguous(memory_format=torch.channels_last)
+            assert (fast - ref).abs().max() <= 1e-5 * ref.abs().max()
+            assert (fast - exact).abs().max() < 3e-2 * exact.abs().max()
+    w = layer.weight                   # weights: symmetric per output channel, half a step
+    assert (w.qweight.flatten(1).abs().amax(1) == 127).all()
+    assert ((w.dequantize() - conv.weight).abs() <= w.scale.view(-1, 1, 1, 1) / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize('with_residual', [False, True])
+def test_static_int8_conv_mlp_chain_equals_its_reference(with_residual):
+    """EnFormer's FFN in static int8: uint8 from the conv's input to fc2's.  Each uint8
+    hand-over equals quantising the float output it stands for (up to a rounding step on
+    ties), and the chain stays close to the float FFN."""
+    g = torch.Generator().manual_seed(0)
+    c = 24
+    conv = torch.nn.Conv2d(c, c, 3, padding=1, groups=c)
+    fc1, fc2 = torch.nn.Linear(c, 4 * c), torch.nn.Linear(4 * c, c)
+    x = torch.randn(2, 9, 10, c, generator=g)                   # channels-last (B, H, W, C)
+    r = torch.randn(2, 9, 10, c, generator=g) if with_residual else None
+    qc, q1, q2 = Int8ConvWeight(conv.weight, 1, 1, 1, c), Int8Weight(fc1.weight), \
+        Int8Weight(fc2.weight)
+    args = (qc, conv.bias, q1, fc1.bias, q2, fc2.bias, r)
+    with quantized.calibrate([qc, q1, q2]):
+        dynamic = int8_conv_mlp(x, *args)          # the un-chained path, recording ranges
+    assert all(w.input_qparams is not None for w in (qc, q1, q2))
+    fast = int8_conv_mlp(x, *args)
+    ref = int8_conv_mlp_reference(x, *args)
+    assert fast.shape == (2, 9, 10, c)
+    with torch.inference_mode():
+        exact = fc2(F.silu(fc1(conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))))
+        exact = exact if r is None else exact + r
+    scale = exact.abs().max()
+    step = (q1.input_qparams[0] * q1.dequantize().abs().sum(1).max()
+            * q2.dequantize().abs().sum(1).max() + q2.input_qparams[0]
+            * q2.dequantize().abs().sum(1).max())    # one uint8 step at each hand-over, all in
+    assert (fast - ref).abs().max() <= step + 1e-5 * scale
+    assert (fast - ref).abs().mean() < 2e-3 * scale
+    assert (fast - exact).abs().max() < 4e-2 * scale
+    assert (dynamic - exact).abs().max() < 4e-2 * scale
+
+
+def test_int8_conv_edge_cases():
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    layer = Int8Conv2d.from_conv(conv)
+    assert layer(torch.zeros(0, 8, 5, 5)).shape == (0, 8, 5, 5)           # empty batch
+    x = torch.randn(2, 8, 6, 6)
+    x[1, 3, 2, 2] = float('nan')                 # NaN reaches its own sample only, as in fp32
+    out = layer(x)
+    assert torch.isnan(out[1]).any() and torch.isfinite(out[0]).all()
+    with pytest.raises(ValueError, match='8'):
+        layer(torch.randn(2, 7, 6, 6))
+    with pytest.raises(ValueError, match='zero padding'):
+        Int8Conv2d.from_conv(torch.nn.Conv2d(8, 8, 3, padding=1, padding_mode='reflect'))
+    with pytest.raises(ValueError, match='4-D'):
+        Int8ConvWeight(torch.randn(8, 8))
+    import pickle
+    copy = pickle.loads(pickle.dumps(layer))     # the packed kernel weight is rebuilt
+    assert torch.equal(copy(x[:1]), layer(x[:1]))
 
 
 def test_agreement_over_a_loader(published_s):

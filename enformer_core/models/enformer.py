@@ -69,10 +69,12 @@ class ClusterFFN(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``residual + FFN(x)``: one autograd node for the two Linears and the SiLU (saves
-        the input and the pre-activation only), fused oneDNN calls in inference."""
-        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        the input and the pre-activation only), fused oneDNN calls in inference (in the
+        static int8 form, uint8 from the conv's input to ``fc2``'s)."""
         if fused.inference(x):
-            return fused.mlp(x, self.fc1.weight, self.fc1.bias, *self.fc2.folded(), residual)
+            return fused.conv_mlp(x, self.dwconv, self.fc1.weight, self.fc1.bias,
+                                  *self.fc2.folded(), residual)
+        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         out = fused.linear_silu_linear(x, self.fc1.weight, self.fc1.bias, *self.fc2.folded())
         return out if residual is None else residual + out
 

@@ -113,6 +113,20 @@ def argmax_centres(x: torch.Tensor) -> torch.Tensor:
     return x.max(dim=1, keepdim=True).indices
 
 
+def one_hot_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``one_hot(argmax over dim 1)`` in ``x``'s dtype, the first maximum on ties.
+
+    On CPU, ``x == amax(x)`` is about 3x faster than the indices ``max`` computes; it is used
+    when every column has exactly one maximum, and exact ties (a blank image pools equal
+    centres) or NaN columns take the index path, so the result is always the same.
+    """
+    if x.device.type == 'cpu' and x.numel():
+        hit = x == x.amax(dim=1, keepdim=True)
+        if not hit.sum(dim=1).ne(1).any():
+            return hit.to(x.dtype)
+    return torch.zeros_like(x).scatter_(1, argmax_centres(x), 1.0)
+
+
 def hard_mask(sim: torch.Tensor, training: bool, gumbel: bool = True) -> torch.Tensor:
     """One-hot assignment over the centre axis (dim 1).
 
@@ -125,7 +139,7 @@ def hard_mask(sim: torch.Tensor, training: bool, gumbel: bool = True) -> torch.T
         soft = (sim + gumbel_noise(sim)).softmax(dim=1)
         hard = torch.zeros_like(sim).scatter_(1, argmax_centres(soft), 1.0)
         return hard - soft.detach() + soft
-    return torch.zeros_like(sim).scatter_(1, argmax_centres(sim), 1.0)
+    return one_hot_argmax(sim)
 
 
 # The assignment rules: similarities (b, M, N) -> weights A (b, M, N) and the per-centre

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .quantized import Int8Weight, int8_linear, int8_mlp
+from .quantized_conv import Int8Conv2d, int8_conv_mlp
 
 _LINEAR = getattr(getattr(torch.ops, 'mkldnn', None), '_linear_pointwise', None)
 HAS_ONEDNN_LINEAR = _LINEAR is not None and torch.backends.mkldnn.is_available()
@@ -155,6 +156,18 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch
         out[s:s + rows] = linear(linear(flat[s:s + rows], w1, b1, act='silu'), w2, b2,
                                  residual=None if res is None else res[s:s + rows])
     return out.view(*x.shape[:-1], w2.shape[0])
+
+
+def conv_mlp(x: torch.Tensor, conv: torch.nn.Module, w1, b1, w2, b2,
+             residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``residual + mlp(conv(x))`` in inference for a channels-last ``(B, H, W, C)`` map,
+    ``conv`` acting on its ``(B, C, H, W)`` view (EnFormer's FFN).  The static int8 form
+    (an :class:`~enformer_core.ops.quantized_conv.Int8Conv2d` before int8 Linears) passes
+    uint8 activations from the conv to ``fc2`` (:func:`~enformer_core.ops.quantized_conv.int8_conv_mlp`)."""
+    if isinstance(conv, Int8Conv2d) and isinstance(w1, Int8Weight) and \
+            isinstance(w2, Int8Weight):
+        return int8_conv_mlp(x, conv.weight, conv.bias, w1, b1, w2, b2, residual)
+    return mlp(conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), w1, b1, w2, b2, residual)
 
 
 class LinearSiLULinear(torch.autograd.Function):

@@ -39,9 +39,10 @@ HAS_INT8_LINEAR = (torch.backends.mkldnn.is_available() and _ONEDNN is not None
 _ACTS = {None: 'none', 'silu': 'swish'}
 _HAS_QUANTIZER = hasattr(torch, 'quantize_per_tensor') and hasattr(torch, 'quint8')
 
-__all__ = ['HAS_INT8_LINEAR', 'Int8Linear', 'Int8Weight', 'activation_qparams', 'calibrate',
-           'int8_linear', 'int8_linear_reference', 'int8_mlp', 'int8_mlp_reference',
-           'qparams_from_range', 'quantize_u8_reference']
+__all__ = ['HAS_INT8_LINEAR', 'Int8Linear', 'Int8Module', 'Int8Weight', 'activation_qparams',
+           'calibrate', 'int8_linear', 'int8_linear_reference', 'int8_mlp', 'int8_mlp_reference',
+           'mlp_u8', 'qparams_from_range', 'quantize_u8', 'quantize_u8_reference',
+           'static_chain']
 
 
 class Int8Weight:
@@ -50,25 +51,43 @@ class Int8Weight:
 
     Not a tensor: code that would do float maths with it fails loudly instead of silently
     using a dequantised copy.  :meth:`dequantize` gives the float weight it stands for.
+    Subclasses (:class:`~enformer_core.ops.quantized_conv.Int8ConvWeight`) change the
+    shape check and the oneDNN packing only.
     """
 
+    ndim = 2   #: the float weight's dimensions (Linear: (out, in))
+
     def __init__(self, weight: torch.Tensor):
-        if weight.dim() != 2:
-            raise ValueError(f'a Linear weight is (out, in); got shape {tuple(weight.shape)}')
+        if weight.dim() != self.ndim:
+            raise ValueError(f'expected a {self.ndim}-D weight (out, in, ...); got shape '
+                             f'{tuple(weight.shape)}')
         w = weight.detach().float().cpu()
-        scale = (w.abs().amax(1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-        self._set(torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale)
+        scale = (w.flatten(1).abs().amax(1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        self._set(torch.round(w / self._per_channel(scale)).clamp_(-127, 127).to(torch.int8),
+                  scale)
         self.input_qparams: Optional[Tuple[float, int]] = None   # static (s_x, z_x)
         self.observed: Optional[Tuple[float, float]] = None      # calibration range
         self.observing = False
 
+    def _per_channel(self, scale: torch.Tensor) -> torch.Tensor:
+        return scale.view(-1, *[1] * (self.ndim - 1))
+
     def _set(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
         self.qweight, self.scale = qweight, scale
-        self.out_features, self.in_features = qweight.shape
+        self.out_features, self.in_features = qweight.shape[0], self._in_features(qweight)
         self.zero_point = torch.zeros(self.out_features, dtype=torch.int64)
         # oneDNN's blocked copy of Q_w: an opaque tensor that cannot be copied or pickled,
         # so copies and pickles carry (Q_w, s_w) and pack again (__getstate__/__setstate__)
-        self.packed = _ONEDNN.qlinear_prepack(qweight, None) if HAS_INT8_LINEAR else None
+        self.packed = self._pack(qweight, scale) if self._kernel_available() else None
+
+    def _in_features(self, qweight: torch.Tensor) -> int:
+        return qweight.shape[1]
+
+    def _kernel_available(self) -> bool:
+        return HAS_INT8_LINEAR
+
+    def _pack(self, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return _ONEDNN.qlinear_prepack(qweight, None)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != 'packed'}
@@ -79,11 +98,11 @@ class Int8Weight:
 
     @property
     def shape(self) -> torch.Size:
-        return torch.Size((self.out_features, self.in_features))
+        return self.qweight.shape
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight ``s_w[:, None] * Q_w`` that the int8 kernel multiplies by."""
-        return self.qweight.float() * self.scale[:, None]
+        return self.qweight.float() * self._per_channel(self.scale)
 
     def input_quantization(self, x2: torch.Tensor, record: bool = True) -> Tuple[float, int]:
         """``(s_x, z_x)`` for this call: the static ones, or ``x2``'s own (recorded while
@@ -100,8 +119,8 @@ class Int8Weight:
 
     def __repr__(self) -> str:
         mode = 'dynamic' if self.input_qparams is None else 'static'
-        return (f'Int8Weight(out_features={self.out_features}, in_features={self.in_features}, '
-                f'{mode} input)')
+        return (f'{type(self).__name__}(out_features={self.out_features}, '
+                f'in_features={self.in_features}, {mode} input)')
 
 
 def qparams_from_range(lo: float, hi: float) -> Tuple[float, int]:
@@ -124,7 +143,7 @@ def activation_qparams(x: torch.Tensor) -> Tuple[float, int]:
     return qparams_from_range(*_range(x))
 
 
-def _quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """``Q_x = clamp(round(x / s_x) + z_x, 0, 255)`` as a plain uint8 tensor.
 
     PyTorch's vectorised quantiser (one pass; 5x faster than the same formula in
@@ -141,7 +160,7 @@ def _quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor
 
 
 def quantize_u8_reference(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """The formula of :func:`_quantize_u8` in plain elementwise ops."""
+    """The formula of :func:`quantize_u8` in plain elementwise ops."""
     return torch.clamp(torch.round(x / scale) + zero_point, 0, 255).to(torch.uint8)
 
 
@@ -207,14 +226,28 @@ def int8_linear(x: torch.Tensor, weight: Int8Weight, bias: Optional[torch.Tensor
     if math.isnan(scale):
         return _float_linear(x, weight, bias, act, residual)
     res = None if residual is None else residual.reshape(-1, weight.out_features).float()
-    out = _qlinear(_quantize_u8(x2.contiguous(), scale, zp), scale, zp, weight, bias, act,
+    out = _qlinear(quantize_u8(x2.contiguous(), scale, zp), scale, zp, weight, bias, act,
                    None if res is None else res.contiguous())
     return out.view(*lead, weight.out_features)
 
 
-def _chained(w1: Int8Weight, w2: Int8Weight) -> bool:
-    return (HAS_INT8_LINEAR and w1.input_qparams is not None and w2.input_qparams is not None
-            and not (w1.observing or w2.observing))
+def static_chain(*weights: Int8Weight) -> bool:
+    """Whether consecutive int8 layers can pass uint8 activations from one to the next:
+    the kernels are there and every layer has static input quantisation (not recording)."""
+    return HAS_INT8_LINEAR and all(w.input_qparams is not None and not w.observing
+                                   for w in weights)
+
+
+def mlp_u8(hq: torch.Tensor, w1: Int8Weight, b1: Optional[torch.Tensor], w2: Int8Weight,
+           b2: Optional[torch.Tensor], residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """``residual + fc2(silu(fc1(x)))`` on ``hq``: ``x`` already quantised at ``w1``'s static
+    input quantisation, ``(rows, K)`` uint8; fc1 writes fc2's uint8 input directly.
+    ``residual`` is ``(rows, N)`` or ``None``; float32 ``(rows, N)`` out."""
+    s1, z1 = w1.input_qparams
+    s2, z2 = w2.input_qparams
+    h2 = _qlinear(hq, s1, z1, w1, b1, 'silu', out_qparams=(s2, z2))
+    return _qlinear(h2, s2, z2, w2, b2, None,
+                    None if residual is None else residual.float().contiguous())
 
 
 def int8_mlp(x: torch.Tensor, w1: Int8Weight, b1: Optional[torch.Tensor], w2: Int8Weight,
@@ -223,15 +256,12 @@ def int8_mlp(x: torch.Tensor, w1: Int8Weight, b1: Optional[torch.Tensor], w2: In
     Linears, ``fc1`` writes the SiLU output directly as ``fc2``'s uint8 input (a quarter of
     the bytes of float32, and no quantise pass); otherwise two :func:`int8_linear` calls."""
     _check(x, w1, 'silu')
-    if not _chained(w1, w2) or x.numel() == 0:
+    if not static_chain(w1, w2) or x.numel() == 0:
         return int8_linear(int8_linear(x, w1, b1, act='silu'), w2, b2, residual=residual)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, w1.in_features).float().contiguous()
-    s1, z1 = w1.input_qparams
-    s2, z2 = w2.input_qparams
-    hq = _qlinear(_quantize_u8(x2, s1, z1), s1, z1, w1, b1, 'silu', out_qparams=(s2, z2))
-    res = None if residual is None else residual.reshape(-1, w2.out_features).float()
-    out = _qlinear(hq, s2, z2, w2, b2, None, None if res is None else res.contiguous())
+    res = None if residual is None else residual.reshape(-1, w2.out_features)
+    out = mlp_u8(quantize_u8(x2, *w1.input_qparams), w1, b1, w2, b2, res)
     return out.view(*lead, w2.out_features)
 
 
@@ -262,18 +292,16 @@ def calibrate(weights: Iterable[Int8Weight]) -> Iterator[None]:
                 w.input_qparams = qparams_from_range(*w.observed)
 
 
-class Int8Linear(nn.Module):
-    """Drop-in inference replacement of an ``nn.Linear`` (:meth:`from_linear`).  ``weight``
-    is the :class:`Int8Weight`, so model code that passes ``module.weight`` to
-    :func:`enformer_core.ops.fused.linear` runs the int8 kernel too."""
+class Int8Module(nn.Module):
+    """What the int8 layers share: the :class:`Int8Weight` as ``weight`` (so model code that
+    passes ``module.weight`` on to :mod:`enformer_core.ops.fused` runs the int8 kernel too),
+    a float ``bias``, and a state dict that carries the quantised weight and the static input
+    quantisation (NaN: dynamic), so a converted model saves and loads like any other."""
 
     def __init__(self, weight: Int8Weight, bias: Optional[torch.Tensor]):
         super().__init__()
         self.weight = weight
         self.register_buffer('bias', None if bias is None else bias.detach().float().clone())
-        self.in_features, self.out_features = weight.in_features, weight.out_features
-        # the state dict carries the quantised weight and the static input quantisation
-        # (NaN: dynamic), so that a converted model saves and loads like any other module
         self.register_buffer('qweight', weight.qweight)
         self.register_buffer('weight_scale', weight.scale)
         self.register_buffer('input_qparams', torch.full((2,), math.nan))
@@ -295,14 +323,24 @@ class Int8Linear(nn.Module):
         s, z = self.input_qparams.tolist()
         self.weight.input_qparams = None if math.isnan(s) else (s, int(z))
 
+    def _mode(self) -> str:
+        return 'dynamic' if self.weight.input_qparams is None else 'static'
+
+
+class Int8Linear(Int8Module):
+    """Drop-in inference replacement of an ``nn.Linear`` (:meth:`from_linear`)."""
+
+    def __init__(self, weight: Int8Weight, bias: Optional[torch.Tensor]):
+        super().__init__(weight, bias)
+        self.in_features, self.out_features = weight.in_features, weight.out_features
+
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> 'Int8Linear':
         return cls(Int8Weight(linear.weight), linear.bias)
 
     def extra_repr(self) -> str:
-        mode = 'dynamic' if self.weight.input_qparams is None else 'static'
         return (f'in_features={self.in_features}, out_features={self.out_features}, '
-                f'bias={self.bias is not None}, int8 weights, {mode} uint8 activations')
+                f'bias={self.bias is not None}, int8 weights, {self._mode()} uint8 activations')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return int8_linear(x, self.weight, self.bias)
