@@ -231,8 +231,9 @@ def test_dense_backbone_forms_compare_all_their_maps():
     torch.manual_seed(0)
     backbone = EnFormer(arch='s', out_indices=(0, 1, 2, 3)).eval()
     x = torch.randn(2, 3, 64, 64)
-    for dtype in ('bf16', 'int8'):
-        form = convert_for_cpu(backbone, dtype)
+    forms = {dtype: convert_for_cpu(backbone, dtype) for dtype in ('bf16', 'int8')}
+    forms['int8-static'] = convert_for_cpu(backbone, 'int8', calibration=[x])
+    for dtype, form in forms.items():
         with torch.inference_mode():
             maps = form(x)
         assert [m.shape[1] for m in maps] == [40, 80, 160, 320]
