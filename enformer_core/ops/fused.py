@@ -163,7 +163,8 @@ def conv_mlp(x: torch.Tensor, conv: torch.nn.Module, w1, b1, w2, b2,
     """``residual + mlp(conv(x))`` in inference for a channels-last ``(B, H, W, C)`` map,
     ``conv`` acting on its ``(B, C, H, W)`` view (EnFormer's FFN).  The static int8 form
     (an :class:`~enformer_core.ops.quantized_conv.Int8Conv2d` before int8 Linears) passes
-    uint8 activations from the conv to ``fc2`` (:func:`~enformer_core.ops.quantized_conv.int8_conv_mlp`)."""
+    uint8 activations from the conv to ``fc2``
+    (:func:`~enformer_core.ops.quantized_conv.int8_conv_mlp`)."""
     if isinstance(conv, Int8Conv2d) and isinstance(w1, Int8Weight) and \
             isinstance(w2, Int8Weight):
         return int8_conv_mlp(x, conv.weight, conv.bias, w1, b1, w2, b2, residual)

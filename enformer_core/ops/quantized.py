@@ -117,10 +117,14 @@ class Int8Weight:
             self.observed = (min(old[0], lo), max(old[1], hi))
         return qparams_from_range(lo, hi)
 
+    @property
+    def mode(self) -> str:
+        """``'dynamic'`` or ``'static'`` input quantisation."""
+        return 'dynamic' if self.input_qparams is None else 'static'
+
     def __repr__(self) -> str:
-        mode = 'dynamic' if self.input_qparams is None else 'static'
         return (f'{type(self).__name__}(out_features={self.out_features}, '
-                f'in_features={self.in_features}, {mode} input)')
+                f'in_features={self.in_features}, {self.mode} input)')
 
 
 def qparams_from_range(lo: float, hi: float) -> Tuple[float, int]:
@@ -323,9 +327,6 @@ class Int8Module(nn.Module):
         s, z = self.input_qparams.tolist()
         self.weight.input_qparams = None if math.isnan(s) else (s, int(z))
 
-    def _mode(self) -> str:
-        return 'dynamic' if self.weight.input_qparams is None else 'static'
-
 
 class Int8Linear(Int8Module):
     """Drop-in inference replacement of an ``nn.Linear`` (:meth:`from_linear`)."""
@@ -340,7 +341,7 @@ class Int8Linear(Int8Module):
 
     def extra_repr(self) -> str:
         return (f'in_features={self.in_features}, out_features={self.out_features}, '
-                f'bias={self.bias is not None}, int8 weights, {self._mode()} uint8 activations')
+                f'bias={self.bias is not None}, int8 weights, {self.weight.mode} uint8 activations')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return int8_linear(x, self.weight, self.bias)

@@ -170,7 +170,7 @@ class Int8Conv2d(Int8Module):
         s, p, d, g = self.weight.geometry()
         return (f'{self.in_channels}, {self.out_channels}, kernel_size='
                 f'{tuple(self.qweight.shape[2:])}, stride={tuple(s)}, padding={tuple(p)}, '
-                f'dilation={tuple(d)}, groups={g}, int8 weights, {self._mode()} uint8 '
+                f'dilation={tuple(d)}, groups={g}, int8 weights, {self.weight.mode} uint8 '
                 f'activations')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
