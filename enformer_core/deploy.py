@@ -129,6 +129,18 @@ def _fold(model: nn.Module) -> bool:
     return False
 
 
+def _swap_modules(parent: nn.Module, convert) -> None:
+    """Replace every child for which ``convert(name, child)`` returns a module, searching
+    inside the others (but not inside an unfolded :class:`ReparamDWConv`, whose convs are
+    branches of one op, not the op)."""
+    for name, child in list(parent.named_children()):
+        new = convert(name, child)
+        if new is not None:
+            setattr(parent, name, new)
+        elif not isinstance(child, ReparamDWConv):
+            _swap_modules(child, convert)
+
+
 def _quantise_linears_int8(model: nn.Module) -> None:
     """Every ``nn.Linear`` but the classifier head and the centre projections becomes an
     :class:`Int8Linear`.  The head keeps float logits, and the centre
@@ -136,32 +148,23 @@ def _quantise_linears_int8(model: nn.Module) -> None:
     their float weights directly)."""
     head = getattr(model, 'head', None)
     head_fc = getattr(head, 'fc', head)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if (type(child) is nn.Linear and child is not head_fc
-                    and not name.endswith('centre_proj')):
-                setattr(parent, name, Int8Linear.from_linear(child))
+    _swap_modules(model, lambda name, m: Int8Linear.from_linear(m) if (
+        type(m) is nn.Linear and m is not head_fc and not name.endswith('centre_proj'))
+        else None)
 
 
 def _quantise_convs_int8(model: nn.Module) -> None:
-    """Every plain ``nn.Conv2d`` with zero padding, and every folded
+    """Every plain ``nn.Conv2d`` that :class:`Int8Conv2d` supports, and every folded
     :class:`ReparamDWConv` (one depthwise conv), becomes an :class:`Int8Conv2d`.  Done for
     the static form only: a dynamic conv's range pass over a full-resolution map costs more
     than the int8 kernel saves (``docs/benchmarks.md``)."""
-    def convertible(m):
-        if isinstance(m, ReparamDWConv):
-            return m.deploy      # unfolded: its convs are branches, not the whole op
-        return (type(m) is nn.Conv2d and m.padding_mode == 'zeros'
-                and not isinstance(m.padding, str))
-
-    def walk(parent: nn.Module) -> None:
-        for name, child in list(parent.named_children()):
-            if convertible(child):
-                conv = child.conv if isinstance(child, ReparamDWConv) else child
-                setattr(parent, name, Int8Conv2d.from_conv(conv))
-            elif not isinstance(child, ReparamDWConv):
-                walk(child)
-    walk(model)
+    def convert(name: str, m: nn.Module) -> Optional[nn.Module]:
+        if isinstance(m, ReparamDWConv) and m.deploy:
+            return Int8Conv2d.from_conv(m.conv)
+        if type(m) is nn.Conv2d and Int8Conv2d.supports(m):
+            return Int8Conv2d.from_conv(m)
+        return None
+    _swap_modules(model, convert)
 
 
 @torch.inference_mode()

@@ -157,10 +157,16 @@ class Int8Conv2d(Int8Module):
         super().__init__(weight, bias)
         self.in_channels, self.out_channels = weight.in_features, weight.out_features
 
+    @staticmethod
+    def supports(conv: nn.Module) -> bool:
+        """Whether :meth:`from_conv` converts ``conv``: an ``nn.Conv2d`` with numeric zero
+        padding (what oneDNN's int8 conv computes)."""
+        return (isinstance(conv, nn.Conv2d) and conv.padding_mode == 'zeros'
+                and not isinstance(conv.padding, str))
+
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> 'Int8Conv2d':
-        if not isinstance(conv, nn.Conv2d) or conv.padding_mode != 'zeros' or \
-                isinstance(conv.padding, str):
+        if not cls.supports(conv):
             raise ValueError(f'Int8Conv2d converts an nn.Conv2d with numeric zero padding, got '
                              f'{conv!r}')
         return cls(Int8ConvWeight(conv.weight, conv.stride, conv.padding, conv.dilation,
