@@ -456,6 +456,9 @@ def test_int8_conv_edge_cases():
         Int8Conv2d.from_conv(torch.nn.Conv2d(8, 8, 3, padding=1, padding_mode='reflect'))
     with pytest.raises(ValueError, match='4-D'):
         Int8ConvWeight(torch.randn(8, 8))
+    w1, w2 = Int8Weight(torch.randn(32, 8)), Int8Weight(torch.randn(8, 32))
+    with pytest.raises(ValueError, match=r'\(B, H, W, C\)'):
+        int8_conv_mlp(torch.randn(2, 5, 8), layer.weight, layer.bias, w1, None, w2, None)
     import pickle
     copy = pickle.loads(pickle.dumps(layer))     # the packed kernel weight is rebuilt
     assert torch.equal(copy(x[:1]), layer(x[:1]))
