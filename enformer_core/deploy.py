@@ -32,9 +32,10 @@ The forms (``docs/benchmarks.md`` has their speed and accuracy effect):
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from typing import Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import torch
 import torch.nn as nn
@@ -44,8 +45,9 @@ from .ops.quantized import HAS_INT8_LINEAR, Int8Linear, Int8Module, calibrate
 from .ops.quantized_conv import HAS_INT8_CONV, Int8Conv2d
 from .utils.malloc import tune_malloc
 
-__all__ = ['DTYPES', 'FORM_NAMES', 'CastIO', 'NonFiniteRows', 'agreement', 'convert_for_cpu',
-           'convert_named', 'logit_error', 'tune_malloc']
+__all__ = ['DTYPES', 'FORM_NAMES', 'CastIO', 'NonFiniteRows', 'agreement',
+           'convert_backbone_for_cpu', 'convert_for_cpu', 'convert_named', 'logit_error',
+           'recorded_inputs', 'tune_malloc']
 
 DTYPES = ('fp32', 'bf16', 'int8')
 #: the names the command-line tools take: ``'int8-static'`` is ``'int8'`` with calibration
@@ -235,6 +237,77 @@ def convert_named(model: nn.Module, name: str, calibration: Optional[Iterable] =
             raise ValueError("'int8-static' needs calibration batches")
         return convert_for_cpu(model, 'int8', fold=fold, calibration=calibration)
     return convert_for_cpu(model, name, fold=fold)
+
+
+@contextlib.contextmanager
+def recorded_inputs(module: nn.Module,
+                    limit: Optional[int] = None) -> Iterator[List[torch.Tensor]]:
+    """Collect the image batches ``module`` is called with inside the ``with`` block.
+
+    A detector, segmentor or classifier resizes, normalises and pads an image before its
+    backbone sees it; recording the backbone's own inputs while the whole model runs gives
+    calibration batches in exactly the backbone's input form, for any task.  Each batch is a
+    float32 CPU copy of the first argument; recording stops once ``limit`` images are kept
+    (the batch that passes it is kept whole).
+    """
+    batches: List[torch.Tensor] = []
+
+    def keep(_module, args):
+        if args and isinstance(args[0], torch.Tensor) and (
+                limit is None or sum(b.shape[0] for b in batches) < limit):
+            batches.append(args[0].detach().float().cpu().clone())
+
+    handle = module.register_forward_pre_hook(keep)
+    try:
+        yield batches
+    finally:
+        handle.remove()
+
+
+def convert_backbone_for_cpu(model: nn.Module, form: str,
+                             run_calibration: Optional[Callable[[], None]] = None,
+                             max_images: Optional[int] = None) -> str:
+    """Put ``model.backbone`` (of a classifier, detector or segmentor) in the CPU form
+    ``form`` (one of :data:`FORM_NAMES`), in place; necks and heads stay as they are.
+
+    ``'int8-static'`` calls ``run_calibration()``, which runs the whole model over
+    calibration images while the backbone's inputs are recorded (all of them, or the first
+    batches that hold ``max_images``).  It runs in eval mode, with no gradients: a model
+    fresh from its config is in training mode, where the images would move BatchNorm
+    statistics and draw Gumbel noise; every module's mode is restored afterwards.
+    Returns a one-line description for logs.
+    """
+    if form not in FORM_NAMES:
+        raise ValueError(f'form must be one of {FORM_NAMES}, got {form!r}')
+    backbone = getattr(model, 'backbone', None)
+    if not isinstance(backbone, nn.Module):
+        raise ValueError(f'{type(model).__name__} has no backbone to convert')
+    device = next(backbone.parameters(), torch.empty(0)).device
+    if device.type != 'cpu':
+        raise ValueError(f'the {form} form runs on the CPU; the model is on {device} (hide '
+                         "the GPUs with CUDA_VISIBLE_DEVICES='' or pass device='cpu')")
+    calibration = None
+    if form == 'int8-static':
+        if run_calibration is None:
+            raise ValueError("'int8-static' needs calibration: pass run_calibration")
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            with recorded_inputs(backbone, max_images) as calibration, torch.no_grad():
+                run_calibration()
+        finally:
+            for m, training in modes:
+                m.training = training
+        if not calibration:
+            raise ValueError('the calibration run never called the backbone: no images?')
+    model.backbone = convert_named(backbone, form, calibration)
+    if form != 'int8-static':
+        return f'backbone in its {form} CPU form'
+    shapes = sorted({'x'.join(map(str, b.shape[2:])) for b in calibration})
+    n = sum(b.shape[0] for b in calibration)
+    sizes = ', '.join(shapes[:4]) + (', ...' if len(shapes) > 4 else '')
+    return (f'backbone in its int8-static CPU form, calibrated on {n} image'
+            f'{"s" if n != 1 else ""} ({sizes})')
 
 
 @torch.inference_mode()

@@ -37,15 +37,17 @@ from .analysis.loading import strip_pretrained
 from .datasets import shapes_ade
 from .datasets.images import list_images, load_image
 from .hub import label_names, resolve_file
-from .deploy import convert_for_cpu
+from .deploy import convert_backbone_for_cpu
 from .utils.launch import load_config
 
 TASKS = {'mmpretrain': 'classification', 'mmcls': 'classification', 'mmdet': 'detection',
          'mmseg': 'segmentation'}
 #: transforms of a test pipeline that need annotations (an image alone has none)
 _NEEDS_LABELS = ('LoadAnnotations', 'CheckSegLabels', 'LoadDepthAnnotation')
-#: autocast dtypes, and ``'int8'``: the backbone in its int8 CPU form (:mod:`.deploy`)
-DTYPES = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': None}
+#: autocast dtypes, and ``'int8'`` / ``'int8-static'``: the backbone in an int8 CPU form
+#: (:mod:`.deploy`)
+DTYPES = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': None,
+          'int8-static': None}
 
 
 def output_name(spec: str) -> str:
@@ -65,17 +67,22 @@ class Predictor:
         device: ``'cpu'``, ``'cuda'``, ...
         dtype: ``'float32'`` (default), ``'bfloat16'`` or ``'float16'`` (autocast), or
             ``'int8'`` (CPU: the backbone's Linears on oneDNN's int8 kernels, dynamic
-            activation quantisation; heads stay float32).
+            activation quantisation; heads stay float32), or ``'int8-static'`` (CPU: the
+            faster static form, Linears and convs in int8, its activation ranges recorded
+            while the model runs on ``calibration``).
         score_thr: detections drawn from this score on (all are in the JSON).
         topk: labels reported per image (classification).
         cfg_options: ``{key: value}`` merged into the config first.
         seed: seed of the random initialisation (``checkpoint='none'``); the global RNG
             state is left as it was.
+        calibration: ``dtype='int8-static'`` only: image specs (as for ``__call__``) like
+            the ones to be served; values outside their ranges saturate.
     """
 
     def __init__(self, config, checkpoint: Optional[str] = 'none', device: str = 'cpu',
                  dtype: Optional[str] = None, score_thr: float = 0.3, topk: int = 5,
-                 cfg_options: Optional[dict] = None, seed: int = 0):
+                 cfg_options: Optional[dict] = None, seed: int = 0,
+                 calibration: Optional[Sequence[str]] = None):
         try:
             from mmengine.config import Config
         except ImportError:
@@ -93,9 +100,15 @@ class Predictor:
                              f'{scope!r}; expected one of {sorted(set(TASKS))}')
         if (dtype or 'float32') not in DTYPES:
             raise ValueError(f'dtype must be one of {list(DTYPES)}, got {dtype!r}')
-        if dtype == 'int8' and torch.device(device).type != 'cpu':
-            raise ValueError(f"dtype='int8' runs on the CPU (oneDNN's int8 kernels), not on "
+        if dtype in ('int8', 'int8-static') and torch.device(device).type != 'cpu':
+            raise ValueError(f"dtype={dtype!r} runs on the CPU (oneDNN's int8 kernels), not on "
                              f'{device!r}')
+        if dtype == 'int8-static' and not calibration:
+            raise ValueError("dtype='int8-static' needs calibration images (like the ones "
+                             'to be served)')
+        if calibration and dtype != 'int8-static':
+            raise ValueError(f"calibration images apply to dtype='int8-static' only, not "
+                             f'{dtype!r}')
         self.task, self.cfg, self.device = TASKS[scope], cfg, device
         self.config_name = os.path.basename(getattr(cfg, 'filename', None) or 'config')
         self.dtype, self.score_thr, self.topk = DTYPES[dtype or 'float32'], score_thr, topk
@@ -119,10 +132,14 @@ class Predictor:
         else:
             self.report, meta = load_weights(self.model, self.checkpoint)
         self.model.to(device).eval()
-        if dtype == 'int8':  # folded, Linears quantised; NaN inputs still give NaN outputs
-            self.model.backbone = convert_for_cpu(self.model.backbone, 'int8', inplace=True)
         self.classes, self.palette, self.classes_from = self._class_names(meta)
         self.model.dataset_meta = dict(classes=tuple(self.classes), palette=self.palette)
+        #: the backbone's CPU form, described (``None``: as built)
+        self.form = None
+        if dtype in ('int8', 'int8-static'):  # folded, quantised; NaN inputs give NaN outputs
+            specs = list(calibration or ())
+            self.form = convert_backbone_for_cpu(
+                self.model, dtype, lambda: [self._predict(spec) for spec in specs])
 
     # ---------------------------------------------------------------- set-up
     def _build(self, cfg, device):
@@ -169,18 +186,11 @@ class Predictor:
     def __call__(self, spec: str, out_dir: Optional[str] = None,
                  name: Optional[str] = None) -> dict:
         """Predict one image (a path or ``fashion-mnist:IDX``); returns the JSON dict."""
-        rgb = load_image(spec)
-        bgr = np.ascontiguousarray(rgb[..., ::-1])  # the pipelines' LoadImageFromFile order
-        start = time.perf_counter()
-        from mmengine.registry import DefaultScope
-        with DefaultScope.overwrite_default_scope(self.scope), torch.no_grad(), torch.autocast(torch.device(self.device).type,
-                                             dtype=self.dtype or torch.float32,
-                                             enabled=self.dtype is not None):
-            sample = self._forward(bgr)
+        rgb, sample, seconds = self._predict(spec)
         record = dict(image=spec, task=self.task, height=int(rgb.shape[0]),
                       width=int(rgb.shape[1]), config=self.config_name,
                       checkpoint=self.checkpoint, classes_from=self.classes_from,
-                      seconds=round(time.perf_counter() - start, 4))
+                      seconds=round(seconds, 4))
         extra, vis = getattr(self, f'_{self.task}')(sample, rgb)
         record.update(extra)
         if out_dir is not None:
@@ -195,6 +205,18 @@ class Predictor:
             with open(os.path.join(out_dir, name + '.json'), 'w') as f:
                 json.dump(record, f, indent=1)
         return record
+
+    def _predict(self, spec: str):
+        """``(rgb image, data sample, seconds)`` of one image spec."""
+        rgb = load_image(spec)
+        bgr = np.ascontiguousarray(rgb[..., ::-1])  # the pipelines' LoadImageFromFile order
+        start = time.perf_counter()
+        from mmengine.registry import DefaultScope
+        with DefaultScope.overwrite_default_scope(self.scope), torch.no_grad(), \
+                torch.autocast(torch.device(self.device).type,
+                               dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            sample = self._forward(bgr)
+        return rgb, sample, time.perf_counter() - start
 
     def _forward(self, bgr: np.ndarray):
         if self.task == 'classification':  # (its __call__ draws a progress bar per image)
@@ -337,13 +359,18 @@ def _save_png(arr: np.ndarray, path: str) -> None:
 
 def infer(config, checkpoint: Optional[str] = 'none', images: Union[str, Sequence[str]] = (),
           out_dir: Optional[str] = None, device: str = 'cpu', dtype: Optional[str] = None,
-          score_thr: float = 0.3, topk: int = 5, cfg_options: Optional[dict] = None
-          ) -> List[Dict]:
+          score_thr: float = 0.3, topk: int = 5, cfg_options: Optional[dict] = None,
+          calibration: Union[str, Sequence[str], None] = None) -> List[Dict]:
     """Predict every image of ``images`` (files, folders, ``fashion-mnist:IDX``) with the
     config's model and ``checkpoint``; returns one JSON-ready dict per image and, with
-    ``out_dir``, writes ``<name>.json`` and ``<name>.png`` for each."""
+    ``out_dir``, writes ``<name>.json`` and ``<name>.png`` for each.  ``dtype='int8-static'``
+    calibrates on ``calibration`` (same kinds of specs; default: ``images`` themselves)."""
     specs = list_images([images] if isinstance(images, str) else list(images))
-    predictor = Predictor(config, checkpoint, device, dtype, score_thr, topk, cfg_options)
+    if dtype == 'int8-static':
+        calibration = specs if calibration is None else list_images(
+            [calibration] if isinstance(calibration, str) else list(calibration))
+    predictor = Predictor(config, checkpoint, device, dtype, score_thr, topk, cfg_options,
+                          calibration=calibration)
     names = unique_names(specs)
     return [predictor(spec, out_dir, name) for spec, name in zip(specs, names)]
 

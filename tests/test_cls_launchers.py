@@ -123,6 +123,34 @@ def test_train_two_iterations_then_evaluate(tiny, trained, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_evaluate_the_backbone_in_a_cpu_deployment_form(tiny, trained, tmp_path, capsys):
+    """tools/test.py --dtype: the same checkpoint evaluated in the static int8 form, calibrated
+    on the batch that holds the first 10 test images; its scores stay close to fp32's without
+    being equal."""
+    from enformer_core.utils.launch import LaunchError
+    scores = {}
+    for dtype in ('fp32', 'int8-static'):
+        out = tmp_path / f'{dtype}.pkl'
+        metrics = test_tool.main([tiny['cfg'], trained, '--work-dir', str(tmp_path / dtype),
+                                  '--out', str(out), '--dtype', dtype,
+                                  '--calibration-images', '10'])
+        assert 0.0 <= metrics['accuracy/top1'] <= 100.0
+        with open(out, 'rb') as f:
+            scores[dtype] = torch.stack([p['pred_score'] for p in pickle.load(f)])
+    log = capsys.readouterr().out
+    assert '[test] backbone in its fp32 CPU form' in log
+    assert '[test] backbone in its int8-static CPU form, calibrated on 16 images (32x32)' in log
+    assert scores['fp32'].shape == (32, 10)
+    diff = (scores['int8-static'] - scores['fp32']).abs().max()
+    assert 0 < diff < 0.05, diff
+    with pytest.raises(LaunchError, match='at least 1'):
+        test_tool.main([tiny['cfg'], trained, '--dtype', 'int8-static',
+                        '--calibration-images', '0'])
+    with pytest.raises(LaunchError, match='one process'):
+        test_tool.main([tiny['cfg'], trained, '--dtype', 'bf16', '--launcher', 'pytorch'])
+
+
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_iteration(tiny):
     work = tiny['root'] / 'resume'
     first = train_tool.main([tiny['resume_cfg'], '--work-dir', str(work)])

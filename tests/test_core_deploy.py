@@ -287,6 +287,93 @@ def test_calibration_arguments_are_checked(published_s):
         convert_for_cpu(published_s, 'int8', calibration=[])
 
 
+class _TaskModel(torch.nn.Module):
+    """A task model's shape: it preprocesses (here: resizes and normalises) before its
+    backbone and has a head of its own, which no conversion may touch."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Linear(320, 3)
+
+    def forward(self, images):
+        x = F.interpolate(images, size=(64, 64), mode='bilinear', align_corners=False)
+        x = (x - 0.5) / 0.25
+        return self.head(self.backbone(x)[-1])  # the pooled last stage
+
+
+def test_recorded_inputs_keep_the_backbone_input_form():
+    """The backbone's own inputs are recorded (resized and normalised), copied, up to a
+    limit (whole batches), and the hook is gone after the block."""
+    from enformer_core.deploy import recorded_inputs
+    from enformer_core.models.enformer import EnFormer
+    model = _TaskModel(EnFormer(arch='s')).eval()
+    images = [torch.rand(2, 3, 80, 96) for _ in range(3)]
+    with torch.no_grad(), recorded_inputs(model.backbone, limit=3) as kept:
+        for x in images:
+            model(x)
+    assert [b.shape for b in kept] == [(2, 3, 64, 64)] * 2    # 2 + 2 images pass the limit
+    expected = (F.interpolate(images[1], size=(64, 64), mode='bilinear') - 0.5) / 0.25
+    assert torch.allclose(kept[1], expected)
+    with torch.no_grad():
+        model(images[0])
+    assert len(kept) == 2                                    # the hook was removed
+
+
+def test_convert_backbone_for_cpu_in_a_task_model():
+    """The backbone of a whole model becomes its CPU form in place; int8-static calibrates on
+    what the backbone receives while the whole model runs; the head stays float."""
+    from enformer_core.deploy import convert_backbone_for_cpu
+    from enformer_core.models.enformer import EnFormer
+    torch.manual_seed(0)
+    model = _TaskModel(_lively(EnFormer(arch='s'))).eval()
+    images = torch.rand(4, 3, 80, 96)
+    with torch.no_grad():
+        ref = model(images)
+    head = model.head
+    text = convert_backbone_for_cpu(model, 'int8-static', lambda: model(images[:2]))
+    assert text.endswith('calibrated on 2 images (64x64)'), text
+    assert isinstance(model.backbone.module.stem.conv1, Int8Conv2d)
+    assert model.head is head and type(head) is torch.nn.Linear
+    with torch.no_grad():
+        out = model(images)
+    assert 0 < (out - ref).abs().max() < 5e-2 * ref.abs().max()
+    with pytest.raises(ValueError, match='needs calibration'):
+        convert_backbone_for_cpu(_TaskModel(EnFormer(arch='s')), 'int8-static')
+    with pytest.raises(ValueError, match='never called the backbone'):
+        convert_backbone_for_cpu(_TaskModel(EnFormer(arch='s')), 'int8-static', lambda: None)
+    with pytest.raises(ValueError, match='form must be one of'):
+        convert_backbone_for_cpu(model, 'int4')
+    with pytest.raises(ValueError, match='no backbone'):
+        convert_backbone_for_cpu(torch.nn.Linear(2, 2), 'fp32')
+    assert convert_backbone_for_cpu(_TaskModel(EnFormer(arch='s')), 'bf16') == \
+        'backbone in its bf16 CPU form'
+
+
+def test_calibration_leaves_a_training_mode_model_as_it_was():
+    """A model built from a config is in training mode: calibrating in that mode would move
+    every BatchNorm's statistics (the neck's and head's too, which stay in the model) and
+    change its later outputs.  The run happens in eval mode; the modes come back."""
+    from enformer_core.deploy import convert_backbone_for_cpu
+    from enformer_core.models.enformer import EnFormer
+    torch.manual_seed(0)
+    model = _TaskModel(EnFormer(arch='s'))
+    model.head = torch.nn.Sequential(torch.nn.BatchNorm1d(320), torch.nn.Linear(320, 3))
+    model.train()
+    model.head[0].eval()                                 # e.g. norm_eval: stays as it was
+    before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    modes = []
+
+    def run():
+        modes.append(model.training)
+        model(torch.rand(4, 3, 64, 64))
+    convert_backbone_for_cpu(model, 'int8-static', run)
+    assert modes == [False]
+    assert model.training and model.head.training and not model.head[0].training
+    after = model.head.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def _int8_case(n=37, k=40, m=24, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(3, n, k, generator=g) * 2 + 0.3

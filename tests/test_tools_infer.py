@@ -180,6 +180,42 @@ def test_python_api_without_out_dir_writes_nothing(photos, tmp_path, monkeypatch
               device='cuda')
 
 
+def test_static_int8_calibrates_on_images_like_the_served_ones(photos, infer_tool, tmp_path):
+    """--dtype int8-static: the backbone's activation ranges come from calibration images run
+    through the whole model (its own pipeline); by default the images to be predicted."""
+    from enformer_core.inference import Predictor, infer
+    from enformer_core.ops.quantized_conv import Int8Conv2d
+    voc = str(photos / 'voc.jpg')
+    [ref] = infer(str(ROOT / CLS_DEMO), 'none', [voc])
+    [own] = infer(str(ROOT / CLS_DEMO), 'none', [voc], dtype='int8-static')
+    [other] = infer(str(ROOT / CLS_DEMO), 'none', [voc], dtype='int8-static',
+                    calibration=str(photos))               # a folder: both photos
+    for rec in (own, other):
+        assert rec['topk'][0]['label'] == ref['topk'][0]['label']
+        assert abs(rec['topk'][0]['score'] - ref['topk'][0]['score']) < 0.05
+    pred = Predictor(str(ROOT / CLS_DEMO), 'none', dtype='int8-static',
+                     calibration=[voc, str(photos / 'arc2017.jpg')])
+    assert pred.form == 'backbone in its int8-static CPU form, calibrated on 2 images (64x64)'
+    assert isinstance(pred.model.backbone.module.stem.conv1, Int8Conv2d)
+    with pytest.raises(ValueError, match='needs calibration images'):
+        Predictor(str(ROOT / CLS_DEMO), 'none', dtype='int8-static')
+    with pytest.raises(ValueError, match="int8-static' only, not 'int8'"):
+        Predictor(str(ROOT / CLS_DEMO), 'none', dtype='int8', calibration=[voc])
+    # the command line, on a detector: its backbone sees the resized, padded image
+    out = tmp_path / 'det'
+    with redirect_stdout(io.StringIO()) as log:
+        rc = infer_tool.main([str(ROOT / DET_DEMO), 'none', voc, '--out-dir', str(out),
+                              '--dtype', 'int8-static'])
+    assert rc == 0
+    assert 'int8-static CPU form, calibrated on 1 image (' in log.getvalue()
+    assert json.loads((out / 'voc.json').read_text())['task'] == 'detection'
+    for bad, message in ((['--dtype', 'int8', '--calibration', voc], 'goes with --dtype'),
+                         (['--dtype', 'int8-static', '--calibration', str(tmp_path / 'no.jpg')],
+                          'no.jpg')):
+        with pytest.raises(SystemExit, match=message), redirect_stdout(io.StringIO()):
+            infer_tool.main([str(ROOT / CLS_DEMO), 'none', voc, '--out-dir', str(out), *bad])
+
+
 def _fashion_labels(split):
     from enformer_core.datasets import read_idx
     name = 'train-labels-idx1-ubyte.gz' if split == 'train' else 't10k-labels-idx1-ubyte.gz'

@@ -2,7 +2,8 @@
 """One image (or a folder) in, a prediction out: classification, detection or segmentation.
 
     python tools/infer.py CONFIG CKPT IMAGES... --out-dir DIR [--device cpu]
-                          [--dtype float32|bfloat16|float16|int8] [--score-thr 0.3] [--topk 5]
+                          [--dtype float32|bfloat16|float16|int8|int8-static]
+                          [--calibration IMAGES...] [--score-thr 0.3] [--topk 5]
                           [--cfg-options k=v ...]
 
 The task comes from the config's ``default_scope`` (mmpretrain / mmdet / mmseg; their
@@ -24,6 +25,9 @@ import sys
 import time
 
 
+CALIBRATION_DEFAULT = 16
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,9 +38,14 @@ def parse_args(argv=None):
     p.add_argument('--out-dir', required=True, help='where the JSON and PNG files go')
     p.add_argument('--device', default='cpu')
     p.add_argument('--dtype', default='float32',
-                   choices=['float32', 'bfloat16', 'float16', 'int8'],
-                   help='autocast dtype (default float32), or int8: the backbone in its int8 '
-                        'CPU form (enformer_core.deploy)')
+                   choices=['float32', 'bfloat16', 'float16', 'int8', 'int8-static'],
+                   help='autocast dtype (default float32), or int8 / int8-static: the backbone '
+                        'in an int8 CPU form (enformer_core.deploy; int8-static is the faster '
+                        'one and calibrates on --calibration)')
+    p.add_argument('--calibration', nargs='+', metavar='IMAGES',
+                   help='--dtype int8-static: images like the ones to be served, whose '
+                        f'activation ranges are recorded (default: the first {CALIBRATION_DEFAULT} '
+                        'of IMAGES)')
     p.add_argument('--score-thr', type=float, default=0.3, help='detections drawn from here on')
     p.add_argument('--topk', type=int, default=5, help='labels per image (classification)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
@@ -70,6 +79,15 @@ def main(argv=None) -> int:
     if missing:
         sys.exit(f'error: image {missing[0]!r} does not exist'
                  + (f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''))
+    calibration = None
+    if args.calibration and args.dtype != 'int8-static':
+        sys.exit(f'error: --calibration goes with --dtype int8-static, not {args.dtype}')
+    if args.dtype == 'int8-static':
+        try:
+            calibration = list_images(args.calibration) if args.calibration else \
+                specs[:CALIBRATION_DEFAULT]
+        except FileNotFoundError as exc:
+            sys.exit(f'error: --calibration: {exc}')
 
     from enformer_core.checkpoint import CheckpointError
     from enformer_core.hub import WeightsUnavailableError
@@ -78,14 +96,20 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         predictor = Predictor(args.config, args.checkpoint, args.device, args.dtype,
-                              args.score_thr, args.topk, _cfg_options(args.cfg_options))
+                              args.score_thr, args.topk, _cfg_options(args.cfg_options),
+                              calibration=calibration)
     except (CheckpointError, WeightsUnavailableError, LaunchError) as exc:
         sys.exit(f'error: {exc}')
+    except (ValueError, OSError) as exc:
+        if calibration is None:
+            raise
+        sys.exit(f'error: int8-static calibration: {exc}')
     print(f'[infer] {predictor.task}: {predictor.config_name}, weights {args.checkpoint}'
           + (f' ({str(predictor.report).splitlines()[0]})' if predictor.report else
              ' (random initialisation)')
-          + f', {len(predictor.classes)} classes from {predictor.classes_from}; '
-          f'ready in {time.perf_counter() - t0:.1f} s', flush=True)
+          + f', {len(predictor.classes)} classes from {predictor.classes_from}'
+          + (f'; {predictor.form}' if predictor.form else '')
+          + f'; ready in {time.perf_counter() - t0:.1f} s', flush=True)
     failed = []
     for spec, name in zip(specs, unique_names(specs)):
         try:
