@@ -180,6 +180,7 @@ def test_python_api_without_out_dir_writes_nothing(photos, tmp_path, monkeypatch
               device='cuda')
 
 
+@pytest.mark.slow
 def test_static_int8_calibrates_on_images_like_the_served_ones(photos, infer_tool, tmp_path):
     """--dtype int8-static: the backbone's activation ranges come from calibration images run
     through the whole model (its own pipeline); by default the images to be predicted."""
