@@ -265,14 +265,12 @@ def recorded_inputs(module: nn.Module,
 
 
 def convert_backbone_for_cpu(model: nn.Module, form: str,
-                             run_calibration: Optional[Callable[[], None]] = None,
-                             max_images: Optional[int] = None) -> str:
+                             run_calibration: Optional[Callable[[], None]] = None) -> str:
     """Put ``model.backbone`` (of a classifier, detector or segmentor) in the CPU form
     ``form`` (one of :data:`FORM_NAMES`), in place; necks and heads stay as they are.
 
     ``'int8-static'`` calls ``run_calibration()``, which runs the whole model over
-    calibration images while the backbone's inputs are recorded (all of them, or the first
-    batches that hold ``max_images``).  It runs in eval mode, with no gradients: a model
+    calibration images while the backbone's inputs are recorded.  It runs in eval mode, with no gradients: a model
     fresh from its config is in training mode, where the images would move BatchNorm
     statistics and draw Gumbel noise; every module's mode is restored afterwards.
     Returns a one-line description for logs.
@@ -293,7 +291,7 @@ def convert_backbone_for_cpu(model: nn.Module, form: str,
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
-            with recorded_inputs(backbone, max_images) as calibration, torch.no_grad():
+            with recorded_inputs(backbone) as calibration, torch.no_grad():
                 run_calibration()
         finally:
             for m, training in modes:

@@ -89,8 +89,7 @@ def main(argv=None):
         try:
             form = convert_backbone_for_cpu(
                 runner.model, args.dtype,
-                lambda: calibrate_on_test_images(runner, cfg, args.calibration_images),
-                max_images=args.calibration_images)
+                lambda: calibrate_on_test_images(runner, cfg, args.calibration_images))
         except (ValueError, RuntimeError) as exc:
             raise LaunchError(f'--dtype {args.dtype}: {exc}') from None
         runner.logger.info(form)
