@@ -7,6 +7,7 @@
     model = create_model('enformer_s', pretrained=CKPT).eval()
     fast = convert_for_cpu(model, dtype='bf16')       # or 'fp32' / 'int8'
     fast8 = convert_for_cpu(model, 'int8', calibration=calib_batches)  # static int8
+    # (keep_float=['backbone.stem.conv1']: named layers stay float32)
     with torch.inference_mode():
         logits = fast(images)                          # float32 in, float32 out
     print(logit_error(model, fast, images))            # max / mean |logit - fp32 logit|
@@ -34,18 +35,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fnmatch
 import math
-from typing import Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
+from .fidelity import agreement, images_and_labels, logit_error, map_tensors
 from .models.layers import LayerScaleLinear, ReparamDWConv
 from .ops.quantized import HAS_INT8_LINEAR, Int8Linear, Int8Module, calibrate
 from .ops.quantized_conv import HAS_INT8_CONV, Int8Conv2d
 from .utils.malloc import tune_malloc
 
-__all__ = ['DTYPES', 'FORM_NAMES', 'CastIO', 'NonFiniteRows', 'agreement',
+__all__ = ['DTYPES', 'FORM_NAMES', 'CastIO', 'KeepFloat', 'NonFiniteRows', 'agreement',
            'convert_backbone_for_cpu', 'convert_for_cpu', 'convert_named', 'logit_error',
            'recorded_inputs', 'tune_malloc']
 
@@ -103,22 +106,11 @@ def _nan_rows(out, bad: torch.Tensor):
             t = t.clone()
             t[bad] = float('nan')
         return t
-    return _map_tensors(out, fill)
+    return map_tensors(out, fill)
 
 
 def _to_float32(out):
-    return _map_tensors(out, lambda t: t.float() if t.is_floating_point() else t)
-
-
-def _map_tensors(out, fn):
-    """``fn`` applied to every tensor of a (nested) tuple / list / dict output."""
-    if isinstance(out, torch.Tensor):
-        return fn(out)
-    if isinstance(out, (list, tuple)):
-        return type(out)(_map_tensors(o, fn) for o in out)
-    if isinstance(out, dict):
-        return {k: _map_tensors(v, fn) for k, v in out.items()}
-    return out
+    return map_tensors(out, lambda t: t.float() if t.is_floating_point() else t)
 
 
 def _fold(model: nn.Module) -> bool:
@@ -131,19 +123,59 @@ def _fold(model: nn.Module) -> bool:
     return False
 
 
-def _swap_modules(parent: nn.Module, convert) -> None:
+class KeepFloat:
+    """Module-name patterns (``fnmatch``, names relative to the converted model, e.g.
+    ``'stem.conv1'``, ``'stages.0.*'``) whose layers stay float in an int8 form.  A pattern
+    that names a container keeps everything inside it float.  A pattern that matches no
+    layer the form would make int8 is an error naming the ones it could match."""
+
+    def __init__(self, patterns: Sequence[str] = ()):
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        self.patterns = list(patterns)
+        self.used: set = set()
+        self.kept: List[str] = []
+        self.candidates: List[str] = []
+
+    def __call__(self, name: str) -> bool:
+        """Does a pattern name this layer or a module it is inside?"""
+        parts = name.split('.')
+        scopes = ['.'.join(parts[:i]) for i in range(1, len(parts) + 1)]
+        hits = [p for p in self.patterns if any(fnmatch.fnmatchcase(q, p) for q in scopes)]
+        self.used.update(hits)
+        return bool(hits)
+
+    def check(self) -> None:
+        unused = [p for p in self.patterns if p not in self.used]
+        if unused:
+            names = self.candidates
+            raise ValueError(
+                f'keep_float: {unused} match no layer that this form makes int8; its '
+                f'{len(names)} int8 layers are named like '
+                f'{", ".join(names[:3])}{", ..." if len(names) > 3 else ""}'
+                + (f', {names[-1]}' if len(names) > 3 else ''))
+
+
+def _swap_modules(parent: nn.Module, convert, keep: Optional[KeepFloat] = None,
+                  prefix: str = '') -> None:
     """Replace every child for which ``convert(name, child)`` returns a module, searching
     inside the others (but not inside an unfolded :class:`ReparamDWConv`, whose convs are
-    branches of one op, not the op)."""
+    branches of one op, not the op).  Children that ``keep`` names stay as they are."""
     for name, child in list(parent.named_children()):
+        full = prefix + name
         new = convert(name, child)
         if new is not None:
+            if keep is not None:
+                keep.candidates.append(full)
+                if keep(full):
+                    keep.kept.append(full)
+                    continue
             setattr(parent, name, new)
         elif not isinstance(child, ReparamDWConv):
-            _swap_modules(child, convert)
+            _swap_modules(child, convert, keep, full + '.')
 
 
-def _quantise_linears_int8(model: nn.Module) -> None:
+def _quantise_linears_int8(model: nn.Module, keep: Optional[KeepFloat] = None) -> None:
     """Every ``nn.Linear`` but the classifier head and the centre projections becomes an
     :class:`Int8Linear`.  The head keeps float logits, and the centre
     projections act on a few dozen centres (no speed to gain; the clustering code reads
@@ -152,10 +184,10 @@ def _quantise_linears_int8(model: nn.Module) -> None:
     head_fc = getattr(head, 'fc', head)
     _swap_modules(model, lambda name, m: Int8Linear.from_linear(m) if (
         type(m) is nn.Linear and m is not head_fc and not name.endswith('centre_proj'))
-        else None)
+        else None, keep)
 
 
-def _quantise_convs_int8(model: nn.Module) -> None:
+def _quantise_convs_int8(model: nn.Module, keep: Optional[KeepFloat] = None) -> None:
     """Every plain ``nn.Conv2d`` that :class:`Int8Conv2d` supports, and every folded
     :class:`ReparamDWConv` (one depthwise conv), becomes an :class:`Int8Conv2d`.  Done for
     the static form only: a dynamic conv's range pass over a full-resolution map costs more
@@ -166,7 +198,7 @@ def _quantise_convs_int8(model: nn.Module) -> None:
         if type(m) is nn.Conv2d and Int8Conv2d.supports(m):
             return Int8Conv2d.from_conv(m)
         return None
-    _swap_modules(model, convert)
+    _swap_modules(model, convert, keep)
 
 
 @torch.inference_mode()
@@ -174,7 +206,7 @@ def _calibrate_int8(model: nn.Module, batches: Iterable) -> None:
     seen = 0
     with calibrate(m.weight for m in model.modules() if isinstance(m, Int8Module)):
         for batch in batches:
-            x, _ = _images_and_labels(batch)
+            x, _ = images_and_labels(batch)
             model(x.float())
             seen += x.shape[0]
     if not seen:
@@ -183,7 +215,8 @@ def _calibrate_int8(model: nn.Module, batches: Iterable) -> None:
 
 
 def convert_for_cpu(model: nn.Module, dtype: str = 'bf16', inplace: bool = False,
-                    fold: bool = True, calibration: Optional[Iterable] = None) -> nn.Module:
+                    fold: bool = True, calibration: Optional[Iterable] = None,
+                    keep_float: Sequence[str] = ()) -> nn.Module:
     """The model's CPU inference form in ``dtype`` (``'fp32'``, ``'bf16'`` or ``'int8'``).
 
     The input model is left untouched unless ``inplace``.  ``fold`` re-parameterises models
@@ -196,11 +229,16 @@ def convert_for_cpu(model: nn.Module, dtype: str = 'bf16', inplace: bool = False
     passes, the convolutions run in int8 too, and EnFormer's FFN passes uint8 activations
     from its depthwise conv to ``fc2``.  Without it the Linears' activations are quantised
     dynamically, call by call, and the convolutions stay float32.
+
+    ``keep_float`` (int8 only): module-name patterns whose layers stay float32, to buy back
+    accuracy where one layer costs much of it (:class:`KeepFloat`; ``docs/inference.md``).
     """
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
     if calibration is not None and dtype != 'int8':
         raise ValueError(f"calibration applies to dtype='int8' only, not {dtype!r}")
+    if keep_float and dtype != 'int8':
+        raise ValueError(f"keep_float applies to dtype='int8' only, not {dtype!r}")
     if not inplace:
         model = copy.deepcopy(model)
     model = model.cpu().float().eval()
@@ -217,17 +255,19 @@ def convert_for_cpu(model: nn.Module, dtype: str = 'bf16', inplace: bool = False
         for m in model.modules():  # quantised weights cannot be rescaled on the fly
             if isinstance(m, LayerScaleLinear):
                 m.fuse()
-        _quantise_linears_int8(model)
+        keep = KeepFloat(keep_float)
+        _quantise_linears_int8(model, keep)
+        if calibration is not None and HAS_INT8_CONV:
+            _quantise_convs_int8(model, keep)
+        keep.check()
         if calibration is not None:
-            if HAS_INT8_CONV:
-                _quantise_convs_int8(model)
             _calibrate_int8(model, calibration)
         return NonFiniteRows(model, 'int8' if calibration is None else 'int8-static')
     return CastIO(model.to(torch.bfloat16), torch.bfloat16, dtype)
 
 
 def convert_named(model: nn.Module, name: str, calibration: Optional[Iterable] = None,
-                  fold: bool = True) -> nn.Module:
+                  fold: bool = True, keep_float: Sequence[str] = ()) -> nn.Module:
     """:func:`convert_for_cpu` by one of :data:`FORM_NAMES` (the tools' ``--dtype``):
     ``'int8-static'`` needs ``calibration``, the other names ignore it."""
     if name not in FORM_NAMES:
@@ -235,8 +275,9 @@ def convert_named(model: nn.Module, name: str, calibration: Optional[Iterable] =
     if name == 'int8-static':
         if calibration is None:
             raise ValueError("'int8-static' needs calibration batches")
-        return convert_for_cpu(model, 'int8', fold=fold, calibration=calibration)
-    return convert_for_cpu(model, name, fold=fold)
+        return convert_for_cpu(model, 'int8', fold=fold, calibration=calibration,
+                               keep_float=keep_float)
+    return convert_for_cpu(model, name, fold=fold, keep_float=keep_float)
 
 
 @contextlib.contextmanager
@@ -265,14 +306,17 @@ def recorded_inputs(module: nn.Module,
 
 
 def convert_backbone_for_cpu(model: nn.Module, form: str,
-                             run_calibration: Optional[Callable[[], None]] = None) -> str:
+                             run_calibration: Optional[Callable[[], None]] = None,
+                             keep_float: Sequence[str] = ()) -> str:
     """Put ``model.backbone`` (of a classifier, detector or segmentor) in the CPU form
     ``form`` (one of :data:`FORM_NAMES`), in place; necks and heads stay as they are.
 
     ``'int8-static'`` calls ``run_calibration()``, which runs the whole model over
-    calibration images while the backbone's inputs are recorded.  It runs in eval mode, with no gradients: a model
-    fresh from its config is in training mode, where the images would move BatchNorm
-    statistics and draw Gumbel noise; every module's mode is restored afterwards.
+    calibration images while the backbone's inputs are recorded.  It runs in eval mode,
+    with no gradients: a model fresh from its config is in training mode, where the images
+    would move BatchNorm statistics and draw Gumbel noise; every module's mode is restored
+    afterwards.
+    ``keep_float``: backbone module-name patterns that stay float in the int8 forms.
     Returns a one-line description for logs.
     """
     if form not in FORM_NAMES:
@@ -298,87 +342,12 @@ def convert_backbone_for_cpu(model: nn.Module, form: str,
                 m.training = training
         if not calibration:
             raise ValueError('the calibration run never called the backbone: no images?')
-    model.backbone = convert_named(backbone, form, calibration)
+    model.backbone = convert_named(backbone, form, calibration, keep_float=keep_float)
+    kept = f'; kept float: {", ".join(keep_float)}' if keep_float else ''
     if form != 'int8-static':
-        return f'backbone in its {form} CPU form'
+        return f'backbone in its {form} CPU form{kept}'
     shapes = sorted({'x'.join(map(str, b.shape[2:])) for b in calibration})
     n = sum(b.shape[0] for b in calibration)
     sizes = ', '.join(shapes[:4]) + (', ...' if len(shapes) > 4 else '')
     return (f'backbone in its int8-static CPU form, calibrated on {n} image'
-            f'{"s" if n != 1 else ""} ({sizes})')
-
-
-@torch.inference_mode()
-def logit_error(reference: nn.Module, model: nn.Module, x: torch.Tensor) -> Dict[str, float]:
-    """Max and mean ``|model(x) - reference(x)|`` and the max relative to the largest
-    reference value, on one batch; plus the top-1 agreement when the output is one
-    ``(batch, classes)`` tensor.  Several outputs (a dense backbone's feature maps) are
-    compared all together."""
-    ref_out, out_out = reference.eval()(x), model.eval()(x)
-    ref, out = _flat_outputs(ref_out), _flat_outputs(out_out)
-    diff = (out - ref).abs()
-    res = dict(max_abs=diff.max().item(), mean_abs=diff.mean().item(),
-               max_rel=(diff.max() / ref.abs().max().clamp_min(1e-12)).item())
-    if isinstance(ref_out, torch.Tensor) and ref_out.dim() == 2:
-        res['top1_agreement'] = (out.argmax(-1) == ref.argmax(-1)).float().mean().item()
-    return res
-
-
-def _flat_outputs(out) -> torch.Tensor:
-    """Every tensor of a (nested) output, float32, as ``(batch, -1)`` columns side by side."""
-    parts = []
-    _map_tensors(out, lambda t: parts.append(t.float().reshape(t.shape[0], -1)))
-    return torch.cat(parts, 1)
-
-
-def _images_and_labels(batch):
-    """``(images, labels or None)`` from a loader batch: a tensor, an ``(x, y)`` pair, or an
-    mmpretrain-style dict with ``inputs`` (and ``data_samples`` with ``gt_label``)."""
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, dict):
-        x = batch['inputs']
-        x = torch.stack(list(x)) if isinstance(x, (list, tuple)) else x
-        samples = batch.get('data_samples')
-        y = None if not samples else torch.cat([s.gt_label for s in samples])
-        return x, y
-    return batch[0], (batch[1] if len(batch) > 1 else None)
-
-
-@torch.inference_mode()
-def agreement(model_fp32: nn.Module, model_x: nn.Module, loader: Iterable,
-              max_batches: Optional[int] = None,
-              preprocess=None) -> Dict[str, float]:
-    """Top-1 agreement of ``model_x`` with ``model_fp32`` over ``loader`` (and each model's
-    accuracy when the batches carry labels), plus the max/mean logit difference.
-
-    ``preprocess``: optional callable applied to the images of each batch (for example the
-    data preprocessor's normalisation when the loader yields raw uint8 images).
-    """
-    model_fp32.eval()
-    model_x.eval()
-    n = agree = right_ref = right_x = 0
-    max_abs, sum_abs, labelled = 0.0, 0.0, True
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        x, y = _images_and_labels(batch)
-        x = x.float() if preprocess is None else preprocess(x)
-        ref, out = model_fp32(x).float(), model_x(x).float()
-        p_ref, p_x = ref.argmax(-1), out.argmax(-1)
-        n += x.shape[0]
-        agree += (p_ref == p_x).sum().item()
-        diff = (out - ref).abs()
-        max_abs = max(max_abs, diff.max().item())
-        sum_abs += diff.mean(-1).sum().item()
-        if y is None:
-            labelled = False
-        else:
-            y = y.view(-1).to(p_ref.device)
-            right_ref += (p_ref == y).sum().item()
-            right_x += (p_x == y).sum().item()
-    res = dict(images=n, top1_agreement=agree / max(n, 1), max_abs_logit_diff=max_abs,
-               mean_abs_logit_diff=sum_abs / max(n, 1))
-    if labelled and n:
-        res.update(top1_fp32=right_ref / n, top1_x=right_x / n)
-    return res
+            f'{"s" if n != 1 else ""} ({sizes}){kept}')

@@ -77,12 +77,15 @@ class Predictor:
             state is left as it was.
         calibration: ``dtype='int8-static'`` only: image specs (as for ``__call__``) like
             the ones to be served; values outside their ranges saturate.
+        keep_float: int8 forms: backbone layers that stay float (module-name patterns,
+            :class:`~enformer_core.deploy.KeepFloat`).
     """
 
     def __init__(self, config, checkpoint: Optional[str] = 'none', device: str = 'cpu',
                  dtype: Optional[str] = None, score_thr: float = 0.3, topk: int = 5,
                  cfg_options: Optional[dict] = None, seed: int = 0,
-                 calibration: Optional[Sequence[str]] = None):
+                 calibration: Optional[Sequence[str]] = None,
+                 keep_float: Sequence[str] = ()):
         try:
             from mmengine.config import Config
         except ImportError:
@@ -109,6 +112,8 @@ class Predictor:
         if calibration and dtype != 'int8-static':
             raise ValueError(f"calibration images apply to dtype='int8-static' only, not "
                              f'{dtype!r}')
+        if keep_float and dtype not in ('int8', 'int8-static'):
+            raise ValueError(f'keep_float applies to the int8 forms, not dtype={dtype!r}')
         self.task, self.cfg, self.device = TASKS[scope], cfg, device
         self.config_name = os.path.basename(getattr(cfg, 'filename', None) or 'config')
         self.dtype, self.score_thr, self.topk = DTYPES[dtype or 'float32'], score_thr, topk
@@ -139,7 +144,7 @@ class Predictor:
         if dtype in ('int8', 'int8-static'):  # folded, quantised; NaN inputs give NaN outputs
             specs = list(calibration or ())
             self.form = convert_backbone_for_cpu(
-                self.model, dtype, lambda: [self._predict(spec) for spec in specs])
+                self.model, dtype, lambda: [self._predict(spec) for spec in specs], keep_float)
 
     # ---------------------------------------------------------------- set-up
     def _build(self, cfg, device):
@@ -360,7 +365,8 @@ def _save_png(arr: np.ndarray, path: str) -> None:
 def infer(config, checkpoint: Optional[str] = 'none', images: Union[str, Sequence[str]] = (),
           out_dir: Optional[str] = None, device: str = 'cpu', dtype: Optional[str] = None,
           score_thr: float = 0.3, topk: int = 5, cfg_options: Optional[dict] = None,
-          calibration: Union[str, Sequence[str], None] = None) -> List[Dict]:
+          calibration: Union[str, Sequence[str], None] = None,
+          keep_float: Sequence[str] = ()) -> List[Dict]:
     """Predict every image of ``images`` (files, folders, ``fashion-mnist:IDX``) with the
     config's model and ``checkpoint``; returns one JSON-ready dict per image and, with
     ``out_dir``, writes ``<name>.json`` and ``<name>.png`` for each.  ``dtype='int8-static'``
@@ -370,7 +376,7 @@ def infer(config, checkpoint: Optional[str] = 'none', images: Union[str, Sequenc
         calibration = specs if calibration is None else list_images(
             [calibration] if isinstance(calibration, str) else list(calibration))
     predictor = Predictor(config, checkpoint, device, dtype, score_thr, topk, cfg_options,
-                          calibration=calibration)
+                          calibration=calibration, keep_float=keep_float)
     names = unique_names(specs)
     return [predictor(spec, out_dir, name) for spec, name in zip(specs, names)]
 

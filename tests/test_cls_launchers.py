@@ -148,6 +148,14 @@ def test_evaluate_the_backbone_in_a_cpu_deployment_form(tiny, trained, tmp_path,
                         '--calibration-images', '0'])
     with pytest.raises(LaunchError, match='one process'):
         test_tool.main([tiny['cfg'], trained, '--dtype', 'bf16', '--launcher', 'pytorch'])
+    with pytest.raises(LaunchError, match='--keep-float goes with'):
+        test_tool.main([tiny['cfg'], trained, '--dtype', 'bf16', '--keep-float', 'stem.conv1'])
+    # a layer kept float, and a pattern that names none
+    test_tool.main([tiny['cfg'], trained, '--work-dir', str(tmp_path / 'kept'), '--dtype',
+                    'int8-static', '--calibration-images', '10', '--keep-float', 'stem.conv1'])
+    assert '(32x32); kept float: stem.conv1' in capsys.readouterr().out
+    with pytest.raises(LaunchError, match=r"\['stem.cnv1'\] match no layer.*stages.0.blocks"):
+        test_tool.main([tiny['cfg'], trained, '--dtype', 'int8', '--keep-float', 'stem.cnv1'])
 
 
 @pytest.mark.slow

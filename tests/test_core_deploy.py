@@ -280,6 +280,52 @@ def test_int8_forms_give_nan_rows_for_non_finite_inputs(published_s):
     assert torch.equal(NonFiniteRows(torch.nn.Identity(), 'int8')(huge), huge)
 
 
+def test_keep_float_leaves_the_named_layers_float(published_s):
+    """keep_float: layers (or everything inside a module) named by fnmatch patterns stay
+    float in the int8 forms; the FFN then runs its mixed chain (int8 conv, float fc1, int8
+    fc2) and the outputs move towards fp32.  Patterns that match no int8 layer of the form
+    are an error naming the layers there are."""
+    torch.manual_seed(0)
+    calib = [torch.randn(2, 3, 64, 64) for _ in range(2)]
+    x = torch.randn(2, 3, 64, 64)
+    full = convert_for_cpu(published_s, 'int8', calibration=calib)
+    kept = convert_for_cpu(published_s, 'int8', calibration=calib,
+                           keep_float=['backbone.stem.conv1', 'backbone.stages.0.blocks.0.ffn.fc1',
+                                       'backbone.stages.3.*'])
+    bb = kept.module.backbone
+    assert type(bb.stem.conv1) is torch.nn.Conv2d and isinstance(bb.stem.conv2, Int8Conv2d)
+    ffn = bb.stages[0].blocks[0].ffn
+    assert type(ffn.fc1) is torch.nn.Linear and isinstance(ffn.dwconv, Int8Conv2d)
+    assert not any(isinstance(m, (Int8Linear, Int8Conv2d)) for m in bb.stages[3].modules())
+    with torch.inference_mode():
+        ref, out_full, out_kept = published_s(x), full(x), kept(x)
+    assert not torch.equal(out_full, out_kept)
+    assert (out_kept - ref).abs().max() < (out_full - ref).abs().max()
+    with pytest.raises(ValueError, match=r"\['backbone.stem.cnv1'\] match no layer.*"
+                                         r"backbone.stages.0.blocks.0.mixer.proj_in"):
+        convert_for_cpu(published_s, 'int8', calibration=calib, keep_float=['backbone.stem.cnv1'])
+    with pytest.raises(ValueError, match='match no layer'):   # the dynamic form's convs are float
+        convert_for_cpu(published_s, 'int8', keep_float=['backbone.stem.conv1'])
+    with pytest.raises(ValueError, match="keep_float applies to dtype='int8' only"):
+        convert_for_cpu(published_s, 'bf16', keep_float=['backbone.stem.conv1'])
+
+
+def test_mlp_with_one_int8_and_one_float_weight():
+    """A half-quantised MLP (one layer kept float) runs each layer on its own kernel, in
+    row blocks or not."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 40, 16)
+    w1, b1, w2, b2 = torch.randn(32, 16) * 0.2, torch.randn(32), torch.randn(16, 32) * 0.2, \
+        torch.randn(16)
+    q1, q2 = Int8Weight(w1), Int8Weight(w2)
+    with torch.inference_mode():
+        for a, b in ((q1, w2), (w1, q2)):
+            expected = fused.linear(fused.linear(x, a, b1, act='silu'), b, b2)
+            for rows in (8, None):
+                assert torch.allclose(fused.mlp(x, a, b1, b, b2, rows=rows), expected,
+                                      atol=1e-5)
+
+
 def test_calibration_arguments_are_checked(published_s):
     with pytest.raises(ValueError, match='int8'):
         convert_for_cpu(published_s, 'bf16', calibration=[torch.randn(1, 3, 64, 64)])
@@ -348,6 +394,11 @@ def test_convert_backbone_for_cpu_in_a_task_model():
         convert_backbone_for_cpu(torch.nn.Linear(2, 2), 'fp32')
     assert convert_backbone_for_cpu(_TaskModel(EnFormer(arch='s')), 'bf16') == \
         'backbone in its bf16 CPU form'
+    other = _TaskModel(EnFormer(arch='s')).eval()
+    text = convert_backbone_for_cpu(other, 'int8-static', lambda: other(images[:1]),
+                                    keep_float=['stem.conv1'])
+    assert text.endswith('(64x64); kept float: stem.conv1'), text
+    assert type(other.backbone.module.stem.conv1) is torch.nn.Conv2d
 
 
 def test_calibration_leaves_a_training_mode_model_as_it_was():

@@ -202,6 +202,12 @@ def test_static_int8_calibrates_on_images_like_the_served_ones(photos, infer_too
         Predictor(str(ROOT / CLS_DEMO), 'none', dtype='int8-static')
     with pytest.raises(ValueError, match="int8-static' only, not 'int8'"):
         Predictor(str(ROOT / CLS_DEMO), 'none', dtype='int8', calibration=[voc])
+    kept = Predictor(str(ROOT / CLS_DEMO), 'none', dtype='int8-static', calibration=[voc],
+                     keep_float=['stem.conv1', 'stages.3.*'])
+    assert kept.form.endswith('; kept float: stem.conv1, stages.3.*')
+    assert type(kept.model.backbone.module.stem.conv1) is torch.nn.Conv2d
+    with pytest.raises(ValueError, match='keep_float applies to the int8 forms'):
+        Predictor(str(ROOT / CLS_DEMO), 'none', keep_float=['stem.conv1'])
     # the command line, on a detector: its backbone sees the resized, padded image
     out = tmp_path / 'det'
     with redirect_stdout(io.StringIO()) as log:

@@ -3,7 +3,8 @@
 
     python tools/infer.py CONFIG CKPT IMAGES... --out-dir DIR [--device cpu]
                           [--dtype float32|bfloat16|float16|int8|int8-static]
-                          [--calibration IMAGES...] [--score-thr 0.3] [--topk 5]
+                          [--calibration IMAGES...] [--keep-float PATTERN...]
+                          [--score-thr 0.3] [--topk 5]
                           [--cfg-options k=v ...]
 
 The task comes from the config's ``default_scope`` (mmpretrain / mmdet / mmseg; their
@@ -46,6 +47,9 @@ def parse_args(argv=None):
                    help='--dtype int8-static: images like the ones to be served, whose '
                         f'activation ranges are recorded (default: the first {CALIBRATION_DEFAULT} '
                         'of IMAGES)')
+    p.add_argument('--keep-float', nargs='+', default=[], metavar='PATTERN',
+                   help='--dtype int8 / int8-static: backbone layers that stay float '
+                        '(module-name patterns, e.g. stem.conv1)')
     p.add_argument('--score-thr', type=float, default=0.3, help='detections drawn from here on')
     p.add_argument('--topk', type=int, default=5, help='labels per image (classification)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
@@ -82,6 +86,8 @@ def main(argv=None) -> int:
     calibration = None
     if args.calibration and args.dtype != 'int8-static':
         sys.exit(f'error: --calibration goes with --dtype int8-static, not {args.dtype}')
+    if args.keep_float and args.dtype not in ('int8', 'int8-static'):
+        sys.exit(f'error: --keep-float goes with --dtype int8 or int8-static, not {args.dtype}')
     if args.dtype == 'int8-static':
         try:
             calibration = list_images(args.calibration) if args.calibration else \
@@ -97,13 +103,13 @@ def main(argv=None) -> int:
     try:
         predictor = Predictor(args.config, args.checkpoint, args.device, args.dtype,
                               args.score_thr, args.topk, _cfg_options(args.cfg_options),
-                              calibration=calibration)
+                              calibration=calibration, keep_float=args.keep_float)
     except (CheckpointError, WeightsUnavailableError, LaunchError) as exc:
         sys.exit(f'error: {exc}')
     except (ValueError, OSError) as exc:
-        if calibration is None:
+        if args.dtype not in ('int8', 'int8-static'):
             raise
-        sys.exit(f'error: int8-static calibration: {exc}')
+        sys.exit(f'error: {args.dtype}: {exc}')
     print(f'[infer] {predictor.task}: {predictor.config_name}, weights {args.checkpoint}'
           + (f' ({str(predictor.report).splitlines()[0]})' if predictor.report else
              ' (random initialisation)')

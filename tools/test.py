@@ -3,6 +3,7 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl]
                          [--dtype fp32|bf16|int8|int8-static] [--calibration-images 256]
+                         [--keep-float PATTERN ...]
                          [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
 
 CHECKPOINT is a path or URL, in our layout or a published one (converted on the fly).  It
@@ -12,7 +13,8 @@ The metrics are printed at the end as one line ``metrics: {...}`` (JSON).
 ``--dtype`` evaluates the backbone in a CPU deployment form (``enformer_core.deploy``; necks
 and heads stay float32): how much a deployed model's metric moves, measured, not assumed.
 ``int8-static`` records its activation ranges on the first ``--calibration-images`` test
-images (whole batches; images only, no labels) before the evaluation.
+images (whole batches; images only, no labels) before the evaluation.  ``--keep-float``
+leaves the backbone layers it names float (``fnmatch`` patterns such as ``stem.conv1``).
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument('--calibration-images', type=int, default=256, metavar='N',
                    help='--dtype int8-static: how many test images calibrate it (whole '
                         'batches, default 256)')
+    p.add_argument('--keep-float', nargs='+', default=[], metavar='PATTERN',
+                   help='--dtype int8 / int8-static: backbone layers that stay float '
+                        '(module-name patterns, e.g. stem.conv1 or "stages.3.*")')
     return parse_common_args(p, argv, 'test_dataloader.batch_size=64')
 
 
@@ -75,6 +80,8 @@ def main(argv=None):
                           '--launcher none')
     if args.dtype == 'int8-static' and args.calibration_images < 1:
         raise LaunchError('--calibration-images must be at least 1')
+    if args.keep_float and args.dtype not in ('int8', 'int8-static'):
+        raise LaunchError('--keep-float goes with --dtype int8 or int8-static')
     if args.out:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise LaunchError(f'--out must be a .pkl file, got {args.out}')
@@ -89,7 +96,8 @@ def main(argv=None):
         try:
             form = convert_backbone_for_cpu(
                 runner.model, args.dtype,
-                lambda: calibrate_on_test_images(runner, cfg, args.calibration_images))
+                lambda: calibrate_on_test_images(runner, cfg, args.calibration_images),
+                args.keep_float)
         except (ValueError, RuntimeError) as exc:
             raise LaunchError(f'--dtype {args.dtype}: {exc}') from None
         runner.logger.info(form)

@@ -55,7 +55,7 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     # plain tensors only: tensor subclasses keep F.linear (their own dispatch)
     return (HAS_ONEDNN_LINEAR and x.device.type == 'cpu' and x.dtype in _FAST_DTYPES
             and not autocast(x)
-            and weight.dtype == x.dtype and type(weight) in _PLAIN and type(x) in _PLAIN
+            and type(weight) in _PLAIN and type(x) in _PLAIN and weight.dtype == x.dtype
             and x.shape[-1] == weight.shape[1] > 0)  # (oneDNN rejects empty reductions)
 
 
@@ -147,7 +147,10 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch
     if isinstance(w1, Int8Weight) and isinstance(w2, Int8Weight):
         return int8_mlp(x, w1, b1, w2, b2, residual)
     n = x.numel() // max(x.shape[-1], 1)
-    if not (inference(x) and _onednn_ok(x, w1)) or n <= 2 * rows:
+    # blocks for float weights only: one int8 weight (the other kept float) quantises its
+    # whole input at once, as it would alone
+    if isinstance(w2, Int8Weight) or not (inference(x) and _onednn_ok(x, w1)) or \
+            n <= 2 * rows:
         return linear(linear(x, w1, b1, act='silu'), w2, b2, residual=residual)
     flat = x.reshape(n, x.shape[-1])
     res = None if residual is None else residual.reshape(n, w2.shape[0])

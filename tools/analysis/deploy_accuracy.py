@@ -26,6 +26,9 @@ def parse_args(argv=None):
                         '--calibration-batches batches of the training set)')
     p.add_argument('--calibration-batches', type=int, default=8, metavar='N',
                    help='training batches (test pipeline) that calibrate int8-static')
+    p.add_argument('--keep-float', nargs='+', default=[], metavar='PATTERN',
+                   help='int8 forms: layers that stay float (module-name patterns of the '
+                        'classifier, e.g. backbone.stem.conv1)')
     p.add_argument('--no-fold', action='store_true', help='keep the train graph (no '
                    'reparameterize) in the converted models')
     p.add_argument('--max-batches', type=int, help='only the first N test batches')
@@ -91,7 +94,9 @@ def main(argv=None):
         results['calibration_images'] = sum(x.shape[0] for x in calibration)
     for dtype in args.dtype:
         t0 = time.time()
-        model = convert_named(lm.model, dtype, calibration, fold=not args.no_fold)
+        keep = args.keep_float if dtype.startswith('int8') else ()
+        model = convert_named(lm.model, dtype, calibration, fold=not args.no_fold,
+                              keep_float=keep)
         res = agreement(lm.model, model, batches)
         res['seconds'] = time.time() - t0
         results['forms'][dtype] = res
