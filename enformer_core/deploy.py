@@ -37,7 +37,7 @@ import contextlib
 import copy
 import fnmatch
 import math
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -49,8 +49,9 @@ from .ops.quantized_conv import HAS_INT8_CONV, Int8Conv2d
 from .utils.malloc import tune_malloc
 
 __all__ = ['DTYPES', 'FORM_NAMES', 'CastIO', 'KeepFloat', 'NonFiniteRows', 'agreement',
-           'convert_backbone_for_cpu', 'convert_for_cpu', 'convert_named', 'logit_error',
-           'recorded_inputs', 'tune_malloc']
+           'convert_backbone_for_cpu', 'convert_for_cpu', 'convert_named', 'int8_layer_names',
+           'keep_float_sensitivity', 'layer_groups', 'logit_error', 'recorded_inputs',
+           'tune_malloc']
 
 DTYPES = ('fp32', 'bf16', 'int8')
 #: the names the command-line tools take: ``'int8-static'`` is ``'int8'`` with calibration
@@ -264,6 +265,44 @@ def convert_for_cpu(model: nn.Module, dtype: str = 'bf16', inplace: bool = False
             _calibrate_int8(model, calibration)
         return NonFiniteRows(model, 'int8' if calibration is None else 'int8-static')
     return CastIO(model.to(torch.bfloat16), torch.bfloat16, dtype)
+
+
+def int8_layer_names(converted: nn.Module) -> List[str]:
+    """Names of the int8 layers of a converted model, as ``keep_float`` takes them (relative
+    to the model that was converted)."""
+    inner = converted.module if isinstance(converted, (NonFiniteRows, CastIO)) else converted
+    return [n for n, m in inner.named_modules() if isinstance(m, Int8Module)]
+
+
+def layer_groups(names: Sequence[str]) -> List[str]:
+    """One ``keep_float`` pattern per role: block and stage indices become ``*``
+    (``stages.2.blocks.5.ffn.fc1`` -> ``stages.*.blocks.*.ffn.fc1``), in first-seen order."""
+    groups: List[str] = []
+    for name in names:
+        g = '.'.join('*' if part.isdigit() else part for part in name.split('.'))
+        if g not in groups:
+            groups.append(g)
+    return groups
+
+
+def keep_float_sensitivity(model: nn.Module, x: torch.Tensor,
+                           calibration: Optional[Iterable] = None,
+                           patterns: Optional[Sequence[str]] = None) -> List[Dict]:
+    """What keeping each group of layers float buys back in the int8 form (static with
+    ``calibration``, else dynamic): for every pattern (default: :func:`layer_groups` of the
+    int8 layers), the logit error on ``x`` of the form with that group float, best first (by
+    the mean error: the max over one batch is a noisy ranking).  The first row,
+    ``pattern=None``, is the form with every layer int8."""
+    calibration = None if calibration is None else list(calibration)
+    base = convert_for_cpu(model, 'int8', calibration=calibration)
+    names = int8_layer_names(base)
+    rows = [dict(pattern=None, layers=0, **logit_error(model, base, x))]
+    for pattern in patterns or layer_groups(names):
+        keep = KeepFloat([pattern])
+        form = convert_for_cpu(model, 'int8', calibration=calibration, keep_float=[pattern])
+        rows.append(dict(pattern=pattern, layers=sum(keep(n) for n in names),
+                         **logit_error(model, form, x)))
+    return rows[:1] + sorted(rows[1:], key=lambda r: r['mean_abs'])
 
 
 def convert_named(model: nn.Module, name: str, calibration: Optional[Iterable] = None,

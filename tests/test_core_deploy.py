@@ -310,6 +310,27 @@ def test_keep_float_leaves_the_named_layers_float(published_s):
         convert_for_cpu(published_s, 'bf16', keep_float=['backbone.stem.conv1'])
 
 
+def test_keep_float_sensitivity_finds_the_layer_that_costs_accuracy():
+    """One outlier pixel in the calibration images gives the stem's first conv a huge input
+    range, so its uint8 steps are coarse: keeping that one layer float buys back the most,
+    and the report says so first.  Groups cover every int8 layer once."""
+    from enformer_core.deploy import int8_layer_names, keep_float_sensitivity, layer_groups
+    assert layer_groups(['stages.2.blocks.5.ffn.fc1', 'stem.conv1', 'stages.0.blocks.1.ffn.fc1',
+                         'stages.1.downsample.conv']) == \
+        ['stages.*.blocks.*.ffn.fc1', 'stem.conv1', 'stages.*.downsample.conv']
+    torch.manual_seed(0)
+    model = create_model('enformer_s').eval()
+    calib = [torch.randn(2, 3, 64, 64)]
+    calib[0][0, :, 3, 3] = 80.0
+    rows = keep_float_sensitivity(model, torch.randn(4, 3, 64, 64), calib)
+    assert rows[0]['pattern'] is None and rows[1]['pattern'] == 'backbone.stem.conv1'
+    assert rows[1]['mean_abs'] < 0.5 * rows[0]['mean_abs']
+    assert [r['mean_abs'] for r in rows[1:]] == sorted(r['mean_abs'] for r in rows[1:])
+    names = int8_layer_names(convert_for_cpu(model, 'int8', calibration=calib))
+    assert sum(r['layers'] for r in rows) == len(names) == 95
+    assert {r['pattern'] for r in rows[1:]} == set(layer_groups(names))
+
+
 def test_mlp_with_one_int8_and_one_float_weight():
     """A half-quantised MLP (one layer kept float) runs each layer on its own kernel, in
     row blocks or not."""

@@ -61,7 +61,7 @@ def test_deploy_accuracy_tool_on_the_demo_test_set(load_tool, repo_root, tmp_pat
     out = tmp_path / 'acc.json'
     res = load_tool('tools/analysis/deploy_accuracy.py').main(
         [str(cfg), 'none', '--dtype', 'fp32', 'bf16', 'int8-static', '--max-batches', '1',
-         '--calibration-batches', '1', '--keep-float', 'backbone.stem.conv1',
+         '--calibration-batches', '1', '--keep-float', 'backbone.stem.conv1', '--sensitivity',
          '--json', str(out)])   # (--keep-float: the int8 forms only; bf16 takes no patterns)
     assert res['images'] == 250 and json.loads(out.read_text())['forms'].keys() == {
         'fp32', 'bf16', 'int8-static'}
@@ -70,3 +70,6 @@ def test_deploy_accuracy_tool_on_the_demo_test_set(load_tool, repo_root, tmp_pat
     assert fp32['top1_agreement'] == 1.0 and fp32['max_abs_logit_diff'] < 1e-4
     assert bf16['top1_agreement'] > 0.9 and 'top1_x' in bf16
     assert res['forms']['int8-static']['top1_agreement'] > 0.9
+    rows = json.loads(out.read_text())['sensitivity']          # one row per group of layers
+    assert rows[0]['pattern'] is None and 'backbone.stem.conv1' in [r['pattern'] for r in rows]
+    assert sum(r['layers'] for r in rows) == 95

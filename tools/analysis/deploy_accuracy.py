@@ -7,7 +7,11 @@ top-1) over a config's test set, plus the max/mean logit difference.
         $(cat work_dirs/demo_fashion_mnist/last_checkpoint) --dtype bf16 int8 int8-static \\
         --json acc.json
 
-A thin command line over ``enformer_core.deploy.convert_named`` and ``agreement``.
+    # which layers cost the int8 form its accuracy: the error with each group kept float
+    python tools/analysis/deploy_accuracy.py CONFIG CKPT --dtype int8-static --sensitivity
+
+A thin command line over ``enformer_core.deploy.convert_named``, ``agreement`` and
+``keep_float_sensitivity``.
 """
 import argparse
 import os
@@ -29,6 +33,10 @@ def parse_args(argv=None):
     p.add_argument('--keep-float', nargs='+', default=[], metavar='PATTERN',
                    help='int8 forms: layers that stay float (module-name patterns of the '
                         'classifier, e.g. backbone.stem.conv1)')
+    p.add_argument('--sensitivity', action='store_true',
+                   help='also the logit error of the int8 form (static when int8-static is '
+                        'among --dtype) with each group of layers kept float, on the first '
+                        'test batch: which --keep-float pattern buys back the most')
     p.add_argument('--no-fold', action='store_true', help='keep the train graph (no '
                    'reparameterize) in the converted models')
     p.add_argument('--max-batches', type=int, help='only the first N test batches')
@@ -77,7 +85,7 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
     from enformer_core.analysis import load_model
-    from enformer_core.deploy import agreement, convert_named
+    from enformer_core.deploy import agreement, convert_named, keep_float_sensitivity
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_model(args.config, args.checkpoint)
@@ -106,6 +114,16 @@ def main(argv=None):
               f"{res['images']} images{acc}; logits max |diff| "
               f"{res['max_abs_logit_diff']:.4g}, mean {res['mean_abs_logit_diff']:.4g}",
               flush=True)
+    if args.sensitivity:
+        rows = keep_float_sensitivity(lm.model, batches[0][0], calibration)
+        results['sensitivity'] = rows
+        form = 'int8-static' if calibration is not None else 'int8'
+        print(f'{form}, logit error on {batches[0][0].shape[0]} test images with each group '
+              'kept float (best first):')
+        for r in rows:
+            print(f"  {r['pattern'] or '(all int8)':48s} {r['layers']:3d} layers: mean |diff| "
+                  f"{r['mean_abs']:.4f}, max {100 * r['max_rel']:5.2f} % of the largest logit, "
+                  f"top-1 agreement {r['top1_agreement']:.1%}", flush=True)
     if args.json:
         write_json(args.json, results)
     return results
