@@ -135,8 +135,7 @@ class KeepFloat:
             patterns = [patterns]
         self.patterns = list(patterns)
         self.used: set = set()
-        self.kept: List[str] = []
-        self.candidates: List[str] = []
+        self.candidates: List[str] = []   # the layers the form makes int8 (for the error)
 
     def __call__(self, name: str) -> bool:
         """Does a pattern name this layer or a module it is inside?"""
@@ -169,7 +168,6 @@ def _swap_modules(parent: nn.Module, convert, keep: Optional[KeepFloat] = None,
             if keep is not None:
                 keep.candidates.append(full)
                 if keep(full):
-                    keep.kept.append(full)
                     continue
             setattr(parent, name, new)
         elif not isinstance(child, ReparamDWConv):
