@@ -48,7 +48,7 @@ from .ops.quantized import HAS_INT8_LINEAR, Int8Linear, Int8Module, calibrate
 from .ops.quantized_conv import HAS_INT8_CONV, Int8Conv2d
 from .utils.malloc import tune_malloc
 
-__all__ = ['DTYPES', 'FORM_NAMES', 'CastIO', 'KeepFloat', 'NonFiniteRows', 'agreement',
+__all__ = ['DTYPES', 'FORM_NAMES', 'INT8_FORMS', 'CastIO', 'KeepFloat', 'NonFiniteRows', 'agreement',
            'convert_backbone_for_cpu', 'convert_for_cpu', 'convert_named', 'int8_layer_names',
            'keep_float_sensitivity', 'layer_groups', 'logit_error', 'recorded_inputs',
            'tune_malloc']
@@ -56,6 +56,8 @@ __all__ = ['DTYPES', 'FORM_NAMES', 'CastIO', 'KeepFloat', 'NonFiniteRows', 'agre
 DTYPES = ('fp32', 'bf16', 'int8')
 #: the names the command-line tools take: ``'int8-static'`` is ``'int8'`` with calibration
 FORM_NAMES = DTYPES + ('int8-static',)
+#: the forms with int8 layers (those ``keep_float`` applies to)
+INT8_FORMS = ('int8', 'int8-static')
 
 
 class CastIO(nn.Module):

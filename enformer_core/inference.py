@@ -37,7 +37,7 @@ from .analysis.loading import strip_pretrained
 from .datasets import shapes_ade
 from .datasets.images import list_images, load_image
 from .hub import label_names, resolve_file
-from .deploy import convert_backbone_for_cpu
+from .deploy import INT8_FORMS, convert_backbone_for_cpu
 from .utils.launch import load_config
 
 TASKS = {'mmpretrain': 'classification', 'mmcls': 'classification', 'mmdet': 'detection',
@@ -103,7 +103,7 @@ class Predictor:
                              f'{scope!r}; expected one of {sorted(set(TASKS))}')
         if (dtype or 'float32') not in DTYPES:
             raise ValueError(f'dtype must be one of {list(DTYPES)}, got {dtype!r}')
-        if dtype in ('int8', 'int8-static') and torch.device(device).type != 'cpu':
+        if dtype in INT8_FORMS and torch.device(device).type != 'cpu':
             raise ValueError(f"dtype={dtype!r} runs on the CPU (oneDNN's int8 kernels), not on "
                              f'{device!r}')
         if dtype == 'int8-static' and not calibration:
@@ -112,7 +112,7 @@ class Predictor:
         if calibration and dtype != 'int8-static':
             raise ValueError(f"calibration images apply to dtype='int8-static' only, not "
                              f'{dtype!r}')
-        if keep_float and dtype not in ('int8', 'int8-static'):
+        if keep_float and dtype not in INT8_FORMS:
             raise ValueError(f'keep_float applies to the int8 forms, not dtype={dtype!r}')
         self.task, self.cfg, self.device = TASKS[scope], cfg, device
         self.config_name = os.path.basename(getattr(cfg, 'filename', None) or 'config')
@@ -141,7 +141,7 @@ class Predictor:
         self.model.dataset_meta = dict(classes=tuple(self.classes), palette=self.palette)
         #: the backbone's CPU form, described (``None``: as built)
         self.form = None
-        if dtype in ('int8', 'int8-static'):  # folded, quantised; NaN inputs give NaN outputs
+        if dtype in INT8_FORMS:  # folded, quantised; NaN inputs give NaN outputs
             specs = list(calibration or ())
             self.form = convert_backbone_for_cpu(
                 self.model, dtype, lambda: [self._predict(spec) for spec in specs], keep_float)

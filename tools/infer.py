@@ -69,6 +69,7 @@ def _cfg_options(items):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from enformer_core.datasets import list_images
+    from enformer_core.deploy import INT8_FORMS
     from enformer_core.hub import is_url
     if not os.path.isfile(args.config):
         sys.exit(f'error: config {args.config!r} not found')
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     calibration = None
     if args.calibration and args.dtype != 'int8-static':
         sys.exit(f'error: --calibration goes with --dtype int8-static, not {args.dtype}')
-    if args.keep_float and args.dtype not in ('int8', 'int8-static'):
+    if args.keep_float and args.dtype not in INT8_FORMS:
         sys.exit(f'error: --keep-float goes with --dtype int8 or int8-static, not {args.dtype}')
     if args.dtype == 'int8-static':
         try:
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
     except (CheckpointError, WeightsUnavailableError, LaunchError) as exc:
         sys.exit(f'error: {exc}')
     except (ValueError, OSError) as exc:
-        if args.dtype not in ('int8', 'int8-static'):
+        if args.dtype not in INT8_FORMS:
             raise
         sys.exit(f'error: {args.dtype}: {exc}')
     print(f'[infer] {predictor.task}: {predictor.config_name}, weights {args.checkpoint}'

@@ -24,7 +24,7 @@ import json
 import math
 import os
 
-from enformer_core.deploy import FORM_NAMES, convert_backbone_for_cpu
+from enformer_core.deploy import FORM_NAMES, INT8_FORMS, convert_backbone_for_cpu
 from enformer_core.hub import is_url
 from enformer_core.utils.dist import prepare_distributed
 from enformer_core.utils.launch import (LaunchError, adapt_to_machine, build_runner,
@@ -80,7 +80,7 @@ def main(argv=None):
                           '--launcher none')
     if args.dtype == 'int8-static' and args.calibration_images < 1:
         raise LaunchError('--calibration-images must be at least 1')
-    if args.keep_float and args.dtype not in ('int8', 'int8-static'):
+    if args.keep_float and args.dtype not in INT8_FORMS:
         raise LaunchError('--keep-float goes with --dtype int8 or int8-static')
     if args.out:
         if not args.out.endswith(('.pkl', '.pickle')):

@@ -85,7 +85,8 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
     from enformer_core.analysis import load_model
-    from enformer_core.deploy import agreement, convert_named, keep_float_sensitivity
+    from enformer_core.deploy import (INT8_FORMS, agreement, convert_named,
+                                      keep_float_sensitivity)
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_model(args.config, args.checkpoint)
@@ -102,7 +103,7 @@ def main(argv=None):
         results['calibration_images'] = sum(x.shape[0] for x in calibration)
     for dtype in args.dtype:
         t0 = time.time()
-        keep = args.keep_float if dtype.startswith('int8') else ()
+        keep = args.keep_float if dtype in INT8_FORMS else ()
         model = convert_named(lm.model, dtype, calibration, fold=not args.no_fold,
                               keep_float=keep)
         res = agreement(lm.model, model, batches)
