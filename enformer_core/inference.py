@@ -45,7 +45,6 @@ TASKS = {'mmpretrain': 'classification', 'mmcls': 'classification', 'mmdet': 'de
 #: transforms of a test pipeline that need annotations (an image alone has none)
 _NEEDS_LABELS = ('LoadAnnotations', 'CheckSegLabels', 'LoadDepthAnnotation')
 #: autocast dtypes, and ``'int8'`` / ``'int8-static'``: the backbone in an int8 CPU form
-#: (:mod:`.deploy`)
 DTYPES = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': None,
           'int8-static': None}
 
@@ -139,8 +138,7 @@ class Predictor:
         self.model.to(device).eval()
         self.classes, self.palette, self.classes_from = self._class_names(meta)
         self.model.dataset_meta = dict(classes=tuple(self.classes), palette=self.palette)
-        #: the backbone's CPU form, described (``None``: as built)
-        self.form = None
+        self.form = None  #: the backbone's CPU form, described (``None``: as built)
         if dtype in INT8_FORMS:  # folded, quantised; NaN inputs give NaN outputs
             specs = list(calibration or ())
             self.form = convert_backbone_for_cpu(
@@ -362,6 +360,17 @@ def _save_png(arr: np.ndarray, path: str) -> None:
     Image.fromarray(np.ascontiguousarray(arr)).save(path)
 
 
+CALIBRATION_DEFAULT = 16  #: images to predict that calibrate 'int8-static' if none are named
+
+
+def calibration_specs(specs: Sequence[str], calibration=None) -> List[str]:
+    """``'int8-static'``'s calibration specs: ``calibration`` (files, folders, ...), or the
+    first :data:`CALIBRATION_DEFAULT` of ``specs``."""
+    if calibration is None:
+        return list(specs[:CALIBRATION_DEFAULT])
+    return list_images([calibration] if isinstance(calibration, str) else list(calibration))
+
+
 def infer(config, checkpoint: Optional[str] = 'none', images: Union[str, Sequence[str]] = (),
           out_dir: Optional[str] = None, device: str = 'cpu', dtype: Optional[str] = None,
           score_thr: float = 0.3, topk: int = 5, cfg_options: Optional[dict] = None,
@@ -370,11 +379,10 @@ def infer(config, checkpoint: Optional[str] = 'none', images: Union[str, Sequenc
     """Predict every image of ``images`` (files, folders, ``fashion-mnist:IDX``) with the
     config's model and ``checkpoint``; returns one JSON-ready dict per image and, with
     ``out_dir``, writes ``<name>.json`` and ``<name>.png`` for each.  ``dtype='int8-static'``
-    calibrates on ``calibration`` (same kinds of specs; default: ``images`` themselves)."""
+    calibrates on ``calibration`` (:func:`calibration_specs`)."""
     specs = list_images([images] if isinstance(images, str) else list(images))
     if dtype == 'int8-static':
-        calibration = specs if calibration is None else list_images(
-            [calibration] if isinstance(calibration, str) else list(calibration))
+        calibration = calibration_specs(specs, calibration)
     predictor = Predictor(config, checkpoint, device, dtype, score_thr, topk, cfg_options,
                           calibration=calibration, keep_float=keep_float)
     names = unique_names(specs)

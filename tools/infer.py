@@ -26,9 +26,6 @@ import sys
 import time
 
 
-CALIBRATION_DEFAULT = 16
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,8 +42,7 @@ def parse_args(argv=None):
                         'one and calibrates on --calibration)')
     p.add_argument('--calibration', nargs='+', metavar='IMAGES',
                    help='--dtype int8-static: images like the ones to be served, whose '
-                        f'activation ranges are recorded (default: the first {CALIBRATION_DEFAULT} '
-                        'of IMAGES)')
+                        'activation ranges are recorded (default: the first 16 of IMAGES)')
     p.add_argument('--keep-float', nargs='+', default=[], metavar='PATTERN',
                    help='--dtype int8 / int8-static: backbone layers that stay float '
                         '(module-name patterns, e.g. stem.conv1)')
@@ -90,9 +86,9 @@ def main(argv=None) -> int:
     if args.keep_float and args.dtype not in INT8_FORMS:
         sys.exit(f'error: --keep-float goes with --dtype int8 or int8-static, not {args.dtype}')
     if args.dtype == 'int8-static':
+        from enformer_core.inference import calibration_specs
         try:
-            calibration = list_images(args.calibration) if args.calibration else \
-                specs[:CALIBRATION_DEFAULT]
+            calibration = calibration_specs(specs, args.calibration)
         except FileNotFoundError as exc:
             sys.exit(f'error: --calibration: {exc}')
 
