@@ -53,11 +53,16 @@ with torch.no_grad():
 report = load_checkpoint(create_model('enformer_s'), path)
 assert report.fits and report.converted_from == 'published EnFormer', str(report)
 
-# the CPU deployment forms need torch only (int8: oneDNN's kernels inside torch)
+# the CPU deployment forms need torch only (int8: oneDNN's kernels inside torch); the
+# package data ships: the C kernels' source (built here on first use) and the class names
 from enformer_core.deploy import convert_for_cpu, logit_error
 for dtype in ('bf16', 'int8'):
     err = logit_error(dst, convert_for_cpu(dst, dtype), x)
     assert err['max_rel'] < 5e-2, (dtype, err)
+from enformer_core.ops import native
+assert native.SOURCE.is_file() and native.available(), native.describe()
+from enformer_core.hub import label_names
+assert len(label_names()) == 1000
 
 # toolbox features name what is missing, when they are used
 try:

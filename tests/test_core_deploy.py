@@ -264,6 +264,27 @@ def test_int8_form_copies_saves_and_loads(published_s, tmp_path):
     other.load_state_dict(torch.load(tmp_path / 'int8.pth', weights_only=True))
     with torch.inference_mode():
         assert torch.equal(other(x), ref)
+    # the FFNs' fc1 carry their pre-activation quantisation (SiLU as a table); a state dict
+    # saved before that existed loads, and those FFNs fuse the SiLU into fc1 again
+    act = key.replace('qweight', 'act_qparams')
+    assert not torch.isnan(state[act]).any()
+    assert torch.isnan(state[key.replace('fc1.qweight', 'fc2.fc.act_qparams')]).all()
+    old = {k: v for k, v in state.items() if not k.endswith('act_qparams')}
+    other.load_state_dict(old)
+    fc1 = other.module.backbone.stages[2].blocks[0].ffn.fc1
+    assert fc1.weight.act_qparams is None and fc1.weight.input_qparams is not None
+    with torch.inference_mode():
+        assert logit_error(static, other, x)['max_rel'] < 2e-2
+
+
+def test_silu_table_maps_preactivation_codes_to_silu_codes():
+    w = Int8Weight(torch.randn(8, 4))
+    w.act_qparams = (0.05, 140)
+    table = w.silu_table((0.02, 20))
+    z = (torch.arange(256.0) - 140) * 0.05
+    want = torch.clamp(torch.round(F.silu(z) / 0.02) + 20, 0, 255)
+    assert table.dtype == torch.uint8 and torch.equal(table.float(), want)
+    assert w.silu_table((0.02, 20)) is table and not torch.equal(w.silu_table((0.03, 9)), table)
 
 
 def test_int8_forms_give_nan_rows_for_non_finite_inputs(published_s):
@@ -487,6 +508,7 @@ def test_static_int8_mlp_chain_equals_its_reference(with_residual):
     with quantized.calibrate([q1, q2]):
         dynamic = quantized.int8_mlp(x, q1, b, q2, b2, r)   # records the ranges
     assert q1.input_qparams is not None and q2.input_qparams is not None
+    assert q1.act_qparams is not None and q2.act_qparams is None   # fc1's pre-activation
     fast = quantized.int8_mlp(x, q1, b, q2, b2, r)
     ref = quantized.int8_mlp_reference(x, q1, b, q2, b2, r)
     scale = ref.abs().max()

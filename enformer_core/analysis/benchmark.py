@@ -230,6 +230,8 @@ def machine_description() -> Dict[str, Any]:
     info = dict(torch=torch.__version__, python=platform.python_version(),
                 threads=torch.get_num_threads(), nproc=os.cpu_count(),
                 cpu=_cpu_name(), cuda=torch.cuda.is_available())
+    from ..ops import native
+    info['native'] = native.describe()      # the compiled CPU kernels of the deploy forms
     try:
         info['loadavg'] = [round(v, 2) for v in os.getloadavg()]
     except OSError:  # pragma: no cover

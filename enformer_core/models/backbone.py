@@ -292,6 +292,10 @@ class ClusterBackbone(BaseModule):
         return self
 
     # ------------------------------------------------------------------ forward
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem on the image with its two coordinate channels appended."""
+        return self.stem(self.coords(x, channels_last=self.channels_last_blocks))
+
     def forward_stages(self, x: torch.Tensor,
                        indices: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
         """The raw ``(B, C_i, H_i, W_i)`` maps of stages ``indices`` (default
@@ -303,7 +307,7 @@ class ClusterBackbone(BaseModule):
             return []
         # channels-last blocks: the whole backbone runs in channels-last memory, so the
         # (B, C, H, W) <-> (B, H, W, C) permutes around blocks and LayerNorm2d are views
-        x = self.stem(self.coords(x, channels_last=self.channels_last_blocks))
+        x = self.embed(x)
         maps = []
         for i, stage in enumerate(self.stages):
             x = stage.forward_blocks(x)

@@ -115,8 +115,7 @@ class BaseClustering(RecordsAssignment, nn.Module):
 
     def similarity(self, centres: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """``S[m, n] = alpha[m] cos(c_m, p_n) + beta[m]``, ``(b, M, N)``."""
-        return self.sim_alpha.view(1, -1, 1) * ops.cosine_similarity(centres, points) + \
-            self.sim_beta.view(1, -1, 1)
+        return ops.scaled_cosine_similarity(centres, points, self.sim_alpha, self.sim_beta)
 
     def assign(self, sim: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Weights ``A`` ``(b, M, N)`` and per-centre normaliser ``(b, M)`` from ``S``."""

@@ -25,7 +25,7 @@ from ..registry import MODELS
 from .backbone import ClusterBackbone, drop_path_schedule
 from .classifier import register_variants
 from .clustering import BaseClustering, ConsensusAggregation, EnsembleClustering
-from .layers import DropPath, LayerNorm2d, LayerScaleLinear, ReparamDWConv
+from .layers import CoordinateGrid, DropPath, LayerNorm2d, LayerScaleLinear, ReparamDWConv
 
 
 class Stem(nn.Module):
@@ -40,7 +40,14 @@ class Stem(nn.Module):
         self.conv2 = nn.Conv2d(mid, out_channels, 3, 2, 1)
         self.norm2 = LayerNorm2d(out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, coords: Optional[CoordinateGrid] = None) -> torch.Tensor:
+        """``x``: the image with its coordinate channels, or the image alone when ``coords``
+        is given (then they are appended here: the static int8 form quantises the image
+        and the cached coordinates straight into ``conv1``'s uint8 input)."""
+        if fused.inference(x):  # LayerNorm + SiLU in one pass (+ int8 conv2's quantisation)
+            h = self.conv1(x) if coords is None else fused.coords_conv(x, coords, self.conv1)
+            return self.norm2(fused.norm_silu_conv(h, self.norm1, self.conv2))
+        x = x if coords is None else coords(x, channels_last=True)
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
 
 
@@ -67,13 +74,17 @@ class ClusterFFN(nn.Module):
         self.act = nn.SiLU()  # (what the FFN applies; forward fuses it with the Linears)
         self.fc2 = LayerScaleLinear(ratio * dim, dim, layer_scale_init_value, deploy)
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``residual + FFN(x)``: one autograd node for the two Linears and the SiLU (saves
-        the input and the pre-activation only), fused oneDNN calls in inference (in the
-        static int8 form, uint8 from the conv's input to ``fc2``'s)."""
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
+        """``residual + FFN(norm(x))`` (``norm`` optional: given here, the static int8 form
+        writes the conv's uint8 input straight from the LayerNorm): one autograd node for
+        the two Linears and the SiLU (saves the input and the pre-activation only), fused
+        oneDNN calls in inference (in the static int8 form, uint8 from the norm to
+        ``fc2``'s input)."""
         if fused.inference(x):
             return fused.conv_mlp(x, self.dwconv, self.fc1.weight, self.fc1.bias,
-                                  *self.fc2.folded(), residual)
+                                  *self.fc2.folded(), residual, norm)
+        x = x if norm is None else fused.layer_norm(x, norm)
         x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         out = fused.linear_silu_linear(x, self.fc1.weight, self.fc1.bias, *self.fc2.folded())
         return out if residual is None else residual + out
@@ -100,7 +111,7 @@ class EnFormerBlock(nn.Module):
         if not self.training or self.drop_path_mixer.p == self.drop_path_ffn.p == 0:
             # no stochastic depth: the residual adds go into the output projections
             x = self.mixer(fused.layer_norm(x, self.norm1), residual=x)
-            return self.ffn(fused.layer_norm(x, self.norm2), residual=x)
+            return self.ffn(x, residual=x, norm=self.norm2)
         x = x + self.drop_path_mixer(self.mixer(self.norm1(x)))
         return x + self.drop_path_ffn(self.ffn(self.norm2(x)))
 
@@ -214,6 +225,9 @@ class EnFormer(ClusterBackbone):
     # ------------------------------------------------------------------ parts
     def build_stem(self, in_channels: int, out_channels: int) -> nn.Module:
         return Stem(in_channels, out_channels)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x, self.coords)  # (the stem appends the coordinates itself)
 
     def build_block(self, stage: int, index: int, block_id: int) -> nn.Module:
         a = self.arch

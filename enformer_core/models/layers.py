@@ -265,19 +265,25 @@ class CoordinateGrid:
         v = (i - 0.5) / denom if self.mode == 'enformer' else i / denom - 0.5
         return v.to(dtype)
 
-    def __call__(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        """``(B, C + 2, H, W)``; ``channels_last=True`` builds it in channels-last memory
-        (one interleaving copy, which the first conv would otherwise make far more slowly)."""
-        b, _, h, w = x.shape
-        key = (h, w, x.device, x.dtype)
+    def grid(self, height: int, width: int, device=None,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The ``(1, 2, H, W)`` coordinate channels (y, then x), cached."""
+        key = (height, width, torch.device(device or 'cpu'), dtype)
         grid = self._cache.get(key)
         if grid is None:
-            ys = self._axis(h, x.device, x.dtype).view(h, 1).expand(h, w)
-            xs = self._axis(w, x.device, x.dtype).view(1, w).expand(h, w)
+            ys = self._axis(height, key[2], dtype).view(height, 1).expand(height, width)
+            xs = self._axis(width, key[2], dtype).view(1, width).expand(height, width)
             grid = torch.stack([ys, xs]).unsqueeze(0)
             if len(self._cache) >= self.max_cache:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = grid
+        return grid
+
+    def __call__(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """``(B, C + 2, H, W)``; ``channels_last=True`` builds it in channels-last memory
+        (one interleaving copy, which the first conv would otherwise make far more slowly)."""
+        b, _, h, w = x.shape
+        grid = self.grid(h, w, x.device, x.dtype)
         if channels_last:
             coords = grid.permute(0, 2, 3, 1).expand(b, -1, -1, -1)
             return torch.cat([x.permute(0, 2, 3, 1), coords], dim=-1).permute(0, 3, 1, 2)

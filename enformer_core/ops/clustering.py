@@ -21,6 +21,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import native
+
 try:  # optional accelerator for the hard-assignment segment sum
     import torch_scatter  # type: ignore
 
@@ -32,10 +34,20 @@ except Exception:  # pragma: no cover - depends on the environment
 _EPS = 1e-7  # the published normaliser epsilon of the soft rules
 
 
+def _native(x: torch.Tensor) -> bool:
+    """Inference on a float32 CPU tensor (no autograd, nothing traced) with the compiled
+    kernels available: :mod:`~enformer_core.ops.native` computes the step in one pass."""
+    return (not torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and native.supports(x))
+
+
 def unit_vectors(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """``x / max(||x||, eps)`` along the last dim: ``F.normalize``'s maths (same values and
     gradients), written out because ``F.normalize``'s norm kernel is ~10x slower on CPU for
-    the small, strided ``(b, N, d)`` tensors of a clustering step."""
+    the small, strided ``(b, N, d)`` tensors of a clustering step (in CPU inference, one
+    compiled pass: :func:`~enformer_core.ops.native.unit_rows`)."""
+    if _native(x):
+        return native.unit_rows(x, eps)
     return x / x.pow(2).sum(-1, keepdim=True).sqrt().clamp_min(eps)
 
 
@@ -78,6 +90,21 @@ def cosine_similarity(centres: torch.Tensor, points: torch.Tensor,
             not torch.is_autocast_enabled(points.device.type):
         return _CosineSimilarity.apply(centres, points, eps)
     return torch.bmm(unit_vectors(centres, eps), unit_vectors(points, eps).transpose(1, 2))
+
+
+def scaled_cosine_similarity(centres: torch.Tensor, points: torch.Tensor, alpha: torch.Tensor,
+                             beta: torch.Tensor) -> torch.Tensor:
+    """``S[m, n] = alpha[m] cos(centres[m], points[n]) + beta[m]``, ``(b, M, N)``.  In
+    inference the scale goes into the unit centres and the offset into the matmul
+    (``baddbmm(beta, alpha * unit(C), unit(P)^T)``: one op on ``(b, M, N)`` instead of three;
+    the same value up to float rounding)."""
+    if not torch.is_grad_enabled() and not torch.jit.is_tracing() and \
+            not torch.compiler.is_compiling():
+        dt = centres.dtype
+        return torch.baddbmm(beta.to(dt).view(1, -1, 1),
+                             unit_vectors(centres) * alpha.to(dt).view(1, -1, 1),
+                             unit_vectors(points).transpose(1, 2))
+    return alpha.view(1, -1, 1) * cosine_similarity(centres, points) + beta.view(1, -1, 1)
 
 
 def gaussian_log_likelihood(centres: torch.Tensor, points: torch.Tensor,
@@ -147,7 +174,10 @@ def hard_mask(sim: torch.Tensor, training: bool, gumbel: bool = True) -> torch.T
 # clusterings differ only here (each subclass of ``BaseClustering`` calls one).
 def softmax_assign(sim: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fuzzy (and probabilistic, on log-likelihoods): ``A = softmax_m(S)``,
-    normaliser ``sum_n A + 1e-7``."""
+    normaliser ``sum_n A + 1e-7`` (in CPU inference both in one compiled pass)."""
+    if _native(sim):
+        a, sums = native.softmax_centres(sim, rowsum=True)
+        return a, sums.add_(_EPS)
     a = sim.softmax(dim=1)
     return a, a.sum(-1) + _EPS
 
@@ -181,8 +211,11 @@ def consensus(centres: torch.Tensor, queries: torch.Tensor, alpha: torch.Tensor,
     ``Y[n] = sum_m Gamma[m, n] Z[m]``: two batched matmuls, never a ``(b, d, M, N)`` temporary.
     Returns ``(b, N, d)``.
     """
-    g = cosine_similarity(centres, queries) * alpha.view(1, -1, 1) + beta.view(1, -1, 1)
-    gamma = g.softmax(dim=1)
+    cos = cosine_similarity(centres, queries)
+    if _native(cos):    # scale, offset and softmax in one compiled pass
+        gamma = native.softmax_centres(cos, alpha.to(cos.dtype), beta.to(cos.dtype))
+    else:
+        gamma = (cos * alpha.view(1, -1, 1) + beta.view(1, -1, 1)).softmax(dim=1)
     return torch.bmm(gamma.transpose(1, 2), centres)
 
 

@@ -11,13 +11,15 @@
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .quantized import Int8Weight, int8_linear, int8_mlp
-from .quantized_conv import Int8Conv2d, int8_conv_mlp
+from . import native
+from .quantized import Int8Weight, int8_linear, int8_mlp, quantize_u8
+from .quantized_conv import (Int8Conv2d, conv_chain, conv_mlp_u8, int8_conv2d_u8,
+                             int8_conv_mlp)
 
 _LINEAR = getattr(getattr(torch.ops, 'mkldnn', None), '_linear_pointwise', None)
 HAS_ONEDNN_LINEAR = _LINEAR is not None and torch.backends.mkldnn.is_available()
@@ -59,14 +61,23 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.shape[-1] == weight.shape[1] > 0)  # (oneDNN rejects empty reductions)
 
 
-def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
-    """``norm(x)``; bfloat16 rows whose length is not a multiple of 16 (EnFormer-S's 20 and
-    40 channels) are normalised in float32: PyTorch's bf16 kernel is up to 3x slower there."""
+def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm, act: Optional[str] = None,
+               out_qparams: Optional[Tuple[float, int]] = None) -> torch.Tensor:
+    """``act(norm(x))`` (``act``: ``None`` or ``'silu'``), or its uint8 quantisation at
+    ``out_qparams = (s, z)`` (an int8 layer's static input).  In float32 CPU inference the
+    compiled kernel (:mod:`~enformer_core.ops.native`) does all of it in one pass;
+    bfloat16 rows whose length is not a multiple of 16 (EnFormer-S's 20 and 40 channels) are
+    normalised in float32: PyTorch's bf16 kernel is up to 3x slower there."""
+    if len(norm.normalized_shape) == 1 and inference(x) and native.supports(x):
+        return native.layer_norm(x, norm.weight, norm.bias, norm.eps, act, out_qparams)
     if x.dtype == torch.bfloat16 and x.shape[-1] % 16 and inference(x):
         w = None if norm.weight is None else norm.weight.float()
         b = None if norm.bias is None else norm.bias.float()
-        return F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps).to(x.dtype)
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        y = F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps).to(x.dtype)
+    else:
+        y = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    y = F.silu(y) if act == 'silu' else y
+    return y if out_qparams is None else quantize_u8(y.float().contiguous(), *out_qparams)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -162,16 +173,52 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch
 
 
 def conv_mlp(x: torch.Tensor, conv: torch.nn.Module, w1, b1, w2, b2,
-             residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``residual + mlp(conv(x))`` in inference for a channels-last ``(B, H, W, C)`` map,
-    ``conv`` acting on its ``(B, C, H, W)`` view (EnFormer's FFN).  The static int8 form
-    (an :class:`~enformer_core.ops.quantized_conv.Int8Conv2d` before int8 Linears) passes
-    uint8 activations from the conv to ``fc2``
-    (:func:`~enformer_core.ops.quantized_conv.int8_conv_mlp`)."""
+             residual: Optional[torch.Tensor] = None,
+             norm: Optional[torch.nn.LayerNorm] = None) -> torch.Tensor:
+    """``residual + mlp(conv(norm(x)))`` in inference for a channels-last ``(B, H, W, C)``
+    map, ``conv`` acting on its ``(B, C, H, W)`` view (EnFormer's FFN; ``norm`` optional).
+    The static int8 form (an :class:`~enformer_core.ops.quantized_conv.Int8Conv2d` before
+    int8 Linears) passes uint8 activations from the LayerNorm to ``fc2``: the norm writes
+    the conv's uint8 input (:func:`layer_norm`), the conv ``fc1``'s, ``fc1`` ``fc2``'s."""
     if isinstance(conv, Int8Conv2d) and isinstance(w1, Int8Weight) and \
             isinstance(w2, Int8Weight):
+        if norm is not None and x.dim() == 4 and x.numel() and \
+                conv_chain(conv.weight, w1, w2):
+            xq = layer_norm(x, norm, out_qparams=conv.weight.input_qparams)
+            return conv_mlp_u8(xq, conv.weight, conv.bias, w1, b1, w2, b2, residual)
+        x = x if norm is None else layer_norm(x, norm)
         return int8_conv_mlp(x, conv.weight, conv.bias, w1, b1, w2, b2, residual)
+    x = x if norm is None else layer_norm(x, norm)
     return mlp(conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), w1, b1, w2, b2, residual)
+
+
+def coords_conv(x: torch.Tensor, coords, conv: torch.nn.Module) -> torch.Tensor:
+    """``conv(coords(x))`` in inference: the stem's first conv on the ``(B, C, H, W)`` image
+    with its coordinate channels appended by ``coords`` (a
+    :class:`~enformer_core.models.layers.CoordinateGrid`) in channels-last memory.  In the
+    static int8 form the image and the cached coordinates are quantised straight into the
+    conv's uint8 input (:func:`~enformer_core.ops.native.quantize_planes`): no float32
+    concatenation, no quantise pass."""
+    if isinstance(conv, Int8Conv2d) and x.dim() == 4 and x.numel() and \
+            conv_chain(conv.weight) and native.supports(x):
+        qparams = conv.weight.input_qparams
+        grid = coords.grid(x.shape[2], x.shape[3], x.device, x.dtype)[0].permute(1, 2, 0)
+        extra = quantize_u8(grid.contiguous(), *qparams)               # (H, W, 2)
+        return int8_conv2d_u8(native.quantize_planes(x, extra, qparams), conv.weight, conv.bias)
+    return conv(coords(x, channels_last=True))
+
+
+def norm_silu_conv(x: torch.Tensor, norm: torch.nn.LayerNorm,
+                   conv: torch.nn.Module) -> torch.Tensor:
+    """``conv(silu(norm(x)))`` in inference for a ``(B, C, H, W)`` map in channels-last
+    memory, ``norm`` over C (EnFormer's stem).  The LayerNorm and SiLU are one pass
+    (:func:`layer_norm`), which in the static int8 form also writes the conv's uint8
+    input."""
+    h = x.permute(0, 2, 3, 1)
+    if isinstance(conv, Int8Conv2d) and x.numel() and conv_chain(conv.weight):
+        return int8_conv2d_u8(layer_norm(h, norm, 'silu', conv.weight.input_qparams),
+                              conv.weight, conv.bias)
+    return conv(layer_norm(h, norm, 'silu').permute(0, 3, 1, 2))
 
 
 class LinearSiLULinear(torch.autograd.Function):

@@ -68,6 +68,9 @@ class Int8Weight:
         self.input_qparams: Optional[Tuple[float, int]] = None   # static (s_x, z_x)
         self.observed: Optional[Tuple[float, float]] = None      # calibration range
         self.observing = False
+        # an FFN fc1's static pre-activation quantisation (its SiLU is then a table)
+        self.act_qparams: Optional[Tuple[float, int]] = None
+        self.act_observed: Optional[Tuple[float, float]] = None
 
     def _per_channel(self, scale: torch.Tensor) -> torch.Tensor:
         return scale.view(-1, *[1] * (self.ndim - 1))
@@ -116,6 +119,24 @@ class Int8Weight:
             old = self.observed or (lo, hi)
             self.observed = (min(old[0], lo), max(old[1], hi))
         return qparams_from_range(lo, hi)
+
+    def observe_preactivation(self, z: torch.Tensor) -> None:
+        """Widen the recorded range of this layer's output before its SiLU (calibrating)."""
+        lo, hi = _range(z) if z.numel() else (math.nan, math.nan)
+        if math.isfinite(lo) and math.isfinite(hi):
+            old = self.act_observed or (lo, hi)
+            self.act_observed = (min(old[0], lo), max(old[1], hi))
+
+    def silu_table(self, out_qparams: Tuple[float, int]) -> torch.Tensor:
+        """``(256,)`` uint8: code ``q`` of the pre-activation (``act_qparams``) -> the code of
+        ``silu(s_z (q - z_z))`` at ``out_qparams`` (cached per ``out_qparams``)."""
+        key = (self.act_qparams, tuple(out_qparams))
+        if getattr(self, '_table_key', None) != key:
+            s, zp = self.act_qparams
+            z = (torch.arange(256, dtype=torch.float32) - zp) * s
+            self._table = quantize_u8_reference(F.silu(z), *out_qparams)
+            self._table_key = key
+        return self._table
 
     @property
     def mode(self) -> str:
@@ -246,10 +267,20 @@ def mlp_u8(hq: torch.Tensor, w1: Int8Weight, b1: Optional[torch.Tensor], w2: Int
            b2: Optional[torch.Tensor], residual: Optional[torch.Tensor]) -> torch.Tensor:
     """``residual + fc2(silu(fc1(x)))`` on ``hq``: ``x`` already quantised at ``w1``'s static
     input quantisation, ``(rows, K)`` uint8; fc1 writes fc2's uint8 input directly.
-    ``residual`` is ``(rows, N)`` or ``None``; float32 ``(rows, N)`` out."""
+    ``residual`` is ``(rows, N)`` or ``None``; float32 ``(rows, N)`` out.
+
+    With a calibrated pre-activation quantisation (``w1.act_qparams``) fc1 writes its
+    pre-activation as uint8 and the SiLU is a 256-entry table into fc2's input codes
+    (:meth:`Int8Weight.silu_table`): oneDNN's fused SiLU costs more than the matmul on
+    EnFormer-S's narrow layers; otherwise fc1 fuses it."""
+    from . import native                          # (native's fallbacks import this module)
     s1, z1 = w1.input_qparams
     s2, z2 = w2.input_qparams
-    h2 = _qlinear(hq, s1, z1, w1, b1, 'silu', out_qparams=(s2, z2))
+    if w1.act_qparams is not None:
+        zq = _qlinear(hq, s1, z1, w1, b1, None, out_qparams=w1.act_qparams)
+        h2 = native.lookup_u8(zq, w1.silu_table((s2, z2)))
+    else:
+        h2 = _qlinear(hq, s1, z1, w1, b1, 'silu', out_qparams=(s2, z2))
     return _qlinear(h2, s2, z2, w2, b2, None,
                     None if residual is None else residual.float().contiguous())
 
@@ -260,6 +291,10 @@ def int8_mlp(x: torch.Tensor, w1: Int8Weight, b1: Optional[torch.Tensor], w2: In
     Linears, ``fc1`` writes the SiLU output directly as ``fc2``'s uint8 input (a quarter of
     the bytes of float32, and no quantise pass); otherwise two :func:`int8_linear` calls."""
     _check(x, w1, 'silu')
+    if w1.observing:                              # calibrating: record fc1's pre-activation
+        z = int8_linear(x, w1, b1)
+        w1.observe_preactivation(z)
+        return int8_linear(F.silu(z), w2, b2, residual=residual)
     if not static_chain(w1, w2) or x.numel() == 0:
         return int8_linear(int8_linear(x, w1, b1, act='silu'), w2, b2, residual=residual)
     lead = x.shape[:-1]
@@ -270,8 +305,14 @@ def int8_mlp(x: torch.Tensor, w1: Int8Weight, b1: Optional[torch.Tensor], w2: In
 
 
 def int8_mlp_reference(x, w1, b1, w2, b2, residual=None) -> torch.Tensor:
-    """:func:`int8_mlp`'s maths with float ops (for tests)."""
-    h = int8_linear_reference(x, w1, b1, act='silu')
+    """:func:`int8_mlp`'s maths with float ops (for tests): in the static chain with a
+    pre-activation quantisation, the SiLU acts on the quantised pre-activation."""
+    if w1.act_qparams is not None and static_chain(w1, w2):
+        s, zp = w1.act_qparams
+        z = quantize_u8_reference(int8_linear_reference(x, w1, b1), s, zp)
+        h = F.silu((z.float() - zp) * s)
+    else:
+        h = int8_linear_reference(x, w1, b1, act='silu')
     return int8_linear_reference(h, w2, b2, residual=residual)
 
 
@@ -286,7 +327,7 @@ def calibrate(weights: Iterable[Int8Weight]) -> Iterator[None]:
     """
     weights = list(weights)
     for w in weights:
-        w.observing, w.observed = True, None
+        w.observing, w.observed, w.act_observed = True, None, None
     try:
         yield
     finally:
@@ -294,6 +335,8 @@ def calibrate(weights: Iterable[Int8Weight]) -> Iterator[None]:
             w.observing = False
             if w.observed is not None:
                 w.input_qparams = qparams_from_range(*w.observed)
+            if w.act_observed is not None:
+                w.act_qparams = qparams_from_range(*w.act_observed)
 
 
 class Int8Module(nn.Module):
@@ -309,23 +352,32 @@ class Int8Module(nn.Module):
         self.register_buffer('qweight', weight.qweight)
         self.register_buffer('weight_scale', weight.scale)
         self.register_buffer('input_qparams', torch.full((2,), math.nan))
+        self.register_buffer('act_qparams', torch.full((2,), math.nan))
         self.sync_input_qparams()
 
     def sync_input_qparams(self) -> None:
-        """Copy the weight's static input quantisation into the ``input_qparams`` buffer
-        (done on saving; :func:`calibrate` sets it on the weight)."""
-        q = self.weight.input_qparams
-        self.input_qparams.copy_(torch.tensor([math.nan, math.nan] if q is None else q))
+        """Copy the weight's static input (and pre-activation) quantisation into the
+        ``input_qparams`` (``act_qparams``) buffer (done on saving; :func:`calibrate` sets
+        them on the weight)."""
+        for name in ('input_qparams', 'act_qparams'):
+            q = getattr(self.weight, name)
+            getattr(self, name).copy_(torch.tensor([math.nan, math.nan] if q is None else q))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         self.sync_input_qparams()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        self.act_qparams.fill_(math.nan)   # (absent from state dicts saved before it existed)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if prefix + 'act_qparams' in missing_keys:
+            missing_keys.remove(prefix + 'act_qparams')
         self.weight._set(self.qweight, self.weight_scale)     # pack the loaded weight
-        s, z = self.input_qparams.tolist()
-        self.weight.input_qparams = None if math.isnan(s) else (s, int(z))
+        for name in ('input_qparams', 'act_qparams'):
+            s, z = getattr(self, name).tolist()
+            setattr(self.weight, name, None if math.isnan(s) else (s, int(z)))
 
 
 class Int8Linear(Int8Module):

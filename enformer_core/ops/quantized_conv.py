@@ -33,8 +33,9 @@ from .quantized import (_ONEDNN, HAS_INT8_LINEAR, Int8Module, Int8Weight, int8_m
 HAS_INT8_CONV = (HAS_INT8_LINEAR and hasattr(_ONEDNN, 'qconv_pointwise')
                  and hasattr(_ONEDNN, 'qconv_prepack'))
 
-__all__ = ['HAS_INT8_CONV', 'Int8Conv2d', 'Int8ConvWeight', 'int8_conv2d',
-           'int8_conv2d_reference', 'int8_conv_mlp', 'int8_conv_mlp_reference']
+__all__ = ['HAS_INT8_CONV', 'Int8Conv2d', 'Int8ConvWeight', 'conv_chain', 'conv_mlp_u8',
+           'int8_conv2d', 'int8_conv2d_u8', 'int8_conv2d_reference', 'int8_conv_mlp',
+           'int8_conv_mlp_reference']
 
 
 def _pair(v) -> List[int]:
@@ -116,6 +117,14 @@ def int8_conv2d(x: torch.Tensor, weight: Int8ConvWeight,
     return _qconv(quantize_u8(x, scale, zp), scale, zp, weight, bias)
 
 
+def int8_conv2d_u8(xq: torch.Tensor, weight: Int8ConvWeight,
+                   bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """:func:`int8_conv2d` on ``xq``: the map already quantised at ``weight``'s static input
+    quantisation, a contiguous channels-last ``(B, H, W, C)`` uint8 tensor (written by
+    :func:`enformer_core.ops.native.layer_norm`); float32 ``(B, C_out, H', W')`` out."""
+    return _qconv(xq.permute(0, 3, 1, 2), *weight.input_qparams, weight, bias)
+
+
 def int8_conv_mlp(x: torch.Tensor, conv: Int8ConvWeight, conv_bias: Optional[torch.Tensor],
                   w1: Int8Weight, b1: Optional[torch.Tensor], w2: Int8Weight,
                   b2: Optional[torch.Tensor],
@@ -124,19 +133,34 @@ def int8_conv_mlp(x: torch.Tensor, conv: Int8ConvWeight, conv_bias: Optional[tor
     (``conv`` acts on its ``(B, C, H, W)`` view): EnFormer's FFN in int8.
 
     With static input quantisation on all three layers the activations stay uint8 from the
-    conv's input to ``fc2``'s (the conv writes ``fc1``'s input, ``fc1`` writes ``fc2``'s);
-    otherwise :func:`int8_conv2d` then :func:`~enformer_core.ops.quantized.int8_mlp`.
+    conv's input to ``fc2``'s (:func:`conv_mlp_u8`); otherwise :func:`int8_conv2d` then
+    :func:`~enformer_core.ops.quantized.int8_mlp`.
     """
     if x.dim() != 4:
         raise ValueError(f'int8_conv_mlp expects a channels-last (B, H, W, C) map, got shape '
                          f'{tuple(x.shape)}')
-    if not (HAS_INT8_CONV and static_chain(conv, w1, w2)) or x.numel() == 0:
+    if not conv_chain(conv, w1, w2) or x.numel() == 0:
         y = int8_conv2d(x.permute(0, 3, 1, 2), conv, conv_bias).permute(0, 2, 3, 1)
         return int8_mlp(y, w1, b1, w2, b2, residual)
     _check(x.permute(0, 3, 1, 2), conv)
-    b, hh, ww, c = x.shape
-    xq = quantize_u8(x.float().contiguous(), *conv.input_qparams).permute(0, 3, 1, 2)
-    hq = _qconv(xq, *conv.input_qparams, conv, conv_bias, out_qparams=w1.input_qparams)
+    xq = quantize_u8(x.float().contiguous(), *conv.input_qparams)
+    return conv_mlp_u8(xq, conv, conv_bias, w1, b1, w2, b2, residual)
+
+
+def conv_chain(conv: Int8ConvWeight, *weights: Int8Weight) -> bool:
+    """Whether an int8 conv and the int8 layers after it can pass uint8 from layer to layer
+    (:func:`~enformer_core.ops.quantized.static_chain` with the conv kernel)."""
+    return HAS_INT8_CONV and static_chain(conv, *weights)
+
+
+def conv_mlp_u8(xq: torch.Tensor, conv: Int8ConvWeight, conv_bias: Optional[torch.Tensor],
+                w1: Int8Weight, b1: Optional[torch.Tensor], w2: Int8Weight,
+                b2: Optional[torch.Tensor], residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """:func:`int8_conv_mlp` on ``xq``: the map already quantised at ``conv``'s static input
+    quantisation, a contiguous ``(B, H, W, C)`` uint8 tensor.  The conv writes ``fc1``'s
+    uint8 input, ``fc1`` writes ``fc2``'s; float32 ``(B, H', W', N)`` out."""
+    hq = _qconv(xq.permute(0, 3, 1, 2), *conv.input_qparams, conv, conv_bias,
+                out_qparams=w1.input_qparams)
     hq = hq.permute(0, 2, 3, 1)                   # (B, H', W', C) view of channels-last memory
     lead = hq.shape[:-1]
     res = None if residual is None else residual.reshape(-1, w2.out_features)

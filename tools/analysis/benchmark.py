@@ -367,7 +367,7 @@ def main(argv=None):
           f"{iters} timed" + (' | amp' if args.amp else '')
           + (' | channels-last' if args.channels_last else '')
           + (' | compile' if args.compile else '')
-          + (' | malloc tuned' if malloc_tuned else ''), flush=True)
+          + (' | malloc tuned' if malloc_tuned else '') + f" | {machine['native']}", flush=True)
     if warning:
         print(warning, flush=True)
     rates = None if args.no_gemm or gpu else gemm_rates()
