@@ -476,16 +476,17 @@ def _int8_case(n=37, k=40, m=24, seed=0):
 
 @pytest.mark.parametrize('act', [None, 'silu'])
 @pytest.mark.parametrize('with_residual', [False, True])
-def test_int8_linear_fast_path_equals_its_reference(act, with_residual):
+@pytest.mark.parametrize('out_features', [24, 72])   # the residual added apart / fused
+def test_int8_linear_fast_path_equals_its_reference(act, with_residual, out_features):
     """oneDNN's int8 kernel computes the documented quantised maths (int32 accumulation, so
     only float rounding differs), and it stays close to the float Linear."""
-    x, w, b, r = _int8_case()
+    x, w, b, r = _int8_case(m=out_features)
     r = r if with_residual else None
     r_before = None if r is None else r.clone()
     qw = Int8Weight(w)
     fast = int8_linear(x, qw, b, act, r)
     ref = int8_linear_reference(x, qw, b, act, r)
-    assert fast.shape == (3, 37, 24) and fast.dtype == torch.float32
+    assert fast.shape == (3, 37, out_features) and fast.dtype == torch.float32
     assert (fast - ref).abs().max() <= 1e-5 * ref.abs().max()
     exact = F.linear(x, w, b)
     exact = F.silu(exact) if act == 'silu' else exact

@@ -139,6 +139,22 @@ def test_unit_rows_equal_pytorch(scalar):
     assert torch.isnan(out[1, 1]).all() and (out[0, 0] == 0).all()
 
 
+@pytest.mark.parametrize('shape', [(128, 9, 196), (3, 70, 37)])
+@pytest.mark.parametrize('scalar', [False, True])
+def test_hard_assign_equals_the_partitional_rule(shape, scalar):
+    from enformer_core.ops import clustering as ops
+    s = torch.randn(*shape)
+    s[0, :, 0] = 1.0                               # a tie: the first centre wins
+    s[1, 3, 2] = float('nan')                      # a NaN is the maximum, as torch.max
+    y, count = native.hard_assign(s, scalar=scalar)
+    y_ref, count_ref = native.hard_assign_reference(s)
+    assert torch.allclose(y, y_ref, atol=1e-6, equal_nan=True) and torch.equal(count, count_ref)
+    assert y[0, 0, 0] > 0 and (y[0, 1:, 0] == 0).all() and torch.isnan(y[1, 3, 2])
+    mask = ops.hard_mask(s, training=False)        # the rule as the model applies it
+    assert torch.equal(count, mask.sum(-1))
+    assert torch.allclose(y, torch.sigmoid(s) * mask, atol=1e-6, equal_nan=True)
+
+
 def test_clustering_steps_use_the_kernels_in_inference_only():
     from enformer_core.ops import clustering as ops
     g = torch.Generator().manual_seed(0)
@@ -149,6 +165,10 @@ def test_clustering_steps_use_the_kernels_in_inference_only():
         sim = ops.scaled_cosine_similarity(c, p, alpha, beta)
         a, denom = ops.softmax_assign(sim)
         y = ops.consensus(c, p, alpha, beta)
+        hard, hard_denom = ops.hard_assign(sim)
+    mask = ops.hard_mask(sim, training=False)
+    assert torch.allclose(hard, torch.sigmoid(sim) * mask, atol=1e-6)
+    assert torch.equal(hard_denom, mask.sum(-1) + 1)
     assert torch.allclose(sim, want, atol=1e-5)
     assert torch.allclose(a, sim.softmax(1), atol=1e-6)
     assert torch.allclose(denom, sim.softmax(1).sum(-1) + 1e-7, rtol=1e-5)

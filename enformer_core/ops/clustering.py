@@ -193,6 +193,9 @@ def hard_assign(sim: torch.Tensor, training: bool = False,
                 gumbel: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """Partitional: ``A = sigmoid(S) * Hm`` with ``Hm`` one-hot over centres
     (:func:`hard_mask`), normaliser ``sum_n Hm + 1`` (the initial centre counts once)."""
+    if not training and _native(sim):            # (CPU inference: one compiled pass)
+        weights, count = native.hard_assign(sim)
+        return weights, count.add_(1.0)
     mask = hard_mask(sim, training, gumbel)
     return torch.sigmoid(sim) * mask, mask.sum(-1) + 1.0
 

@@ -9,10 +9,10 @@
   straight into the stem's uint8 channels-last input (no float32 concatenation).
 * :func:`lookup_u8`: a 256-entry table applied to a uint8 tensor (the static int8 FFN's
   SiLU between ``fc1``'s uint8 pre-activation and ``fc2``'s uint8 input).
-* :func:`unit_rows` and :func:`softmax_centres`: the clustering's unit vectors and its
-  softmax over the centres (with the similarity's per-centre scale and offset, and the
-  fuzzy rule's per-centre sums), one pass each instead of three to five PyTorch ops on
-  small tensors.
+* :func:`unit_rows`, :func:`softmax_centres` and :func:`hard_assign`: the clustering's unit
+  vectors, its softmax over the centres (with the similarity's per-centre scale and offset,
+  and the fuzzy rule's per-centre sums) and the partitional rule in evaluation, one pass
+  each instead of three to eight PyTorch ops on small tensors.
 
 ``docs/benchmarks.md`` ("What makes it fast") has the measurements.  The C file is built
 once per machine, on first use, with the machine's compiler (``$CC``, else ``cc``;
@@ -118,6 +118,9 @@ def load(path: Path) -> ctypes.CDLL:
         getattr(lib, name).restype = None
     for name in ('enf_softmax_centres', 'enf_softmax_centres_scalar'):
         getattr(lib, name).argtypes = [p, i64, i64, i64, p, p, p, p]
+        getattr(lib, name).restype = None
+    for name in ('enf_hard_assign', 'enf_hard_assign_scalar'):
+        getattr(lib, name).argtypes = [p, i64, i64, i64, p, p]
         getattr(lib, name).restype = None
     for name in ('enf_lookup_u8', 'enf_lookup_u8_scalar'):
         getattr(lib, name).argtypes = [p, i64, p, p]
@@ -323,6 +326,31 @@ def softmax_centres(s: torch.Tensor, alpha: Optional[torch.Tensor] = None,
 
     _in_blocks(b, s.numel(), run)
     return (out, sums) if rowsum else out
+
+
+def hard_assign_reference(s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`hard_assign` in PyTorch ops."""
+    mask = torch.zeros_like(s).scatter_(1, s.max(dim=1, keepdim=True).indices, 1.0)
+    return torch.sigmoid(s) * mask, mask.sum(-1)
+
+
+def hard_assign(s: torch.Tensor, scalar: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The partitional rule in evaluation on ``(b, M, N)`` similarities: ``sigmoid(S)`` at
+    each point's best centre (the first maximum over dim 1; a NaN counts as the maximum, as
+    ``torch.max``) and 0 elsewhere, and ``(b, M)`` the number of points of each centre."""
+    if s.dim() != 3 or not supports(s):
+        return hard_assign_reference(s)
+    b, m, n = s.shape
+    out, count = torch.empty_like(s), torch.empty(b, m)
+    lib = library()
+    fn = lib.enf_hard_assign_scalar if scalar else lib.enf_hard_assign
+
+    def run(start: int, stop: int) -> None:
+        fn(s.data_ptr() + start * m * n * 4, stop - start, m, n,
+           out.data_ptr() + start * m * n * 4, count.data_ptr() + start * m * 4)
+
+    _in_blocks(b, s.numel(), run)
+    return out, count
 
 
 def lookup_u8(x: torch.Tensor, table: torch.Tensor, scalar: bool = False) -> torch.Tensor:

@@ -1,8 +1,8 @@
 /* CPU kernels for EnFormer's inference forms, loaded by enformer_core/ops/native.py:
  * enf_layer_norm (LayerNorm [+ SiLU] [-> uint8]), enf_quantize_planes (image + coordinate
  * channels -> the stem's uint8 input), enf_lookup_u8 (the int8 FFN's SiLU as a table), and
- * two clustering steps: enf_unit_rows (unit vectors) and enf_softmax_centres (softmax over
- * the centres, with its per-centre sums).
+ * three clustering steps: enf_unit_rows (unit vectors), enf_softmax_centres (softmax over
+ * the centres, with its per-centre sums) and enf_hard_assign (the partitional rule).
  *
  * Built on first use with the machine's C compiler (-O3 -march=native) and called through
  * ctypes, so they need neither torch's headers nor a build step at install time; without a
@@ -405,5 +405,80 @@ void enf_lookup_u8(const uint8_t *x, int64_t n, const uint8_t *table, uint8_t *y
     }
 #else
     lookup_u8_scalar(x, n, table, y);
+#endif
+}
+
+/* enf_hard_assign: for each of `batch` (M, N) similarity matrices S, the partitional rule
+ * in evaluation: m*(n) = the first index of the maximum of S[., n] (a NaN counts as the
+ * maximum, as torch.max), Y[m, n] = sigmoid(S[m, n]) where m = m*(n) and 0 elsewhere, and
+ * count[m] = the number of points whose best centre is m.  One pass instead of the max, the
+ * one-hot, the sigmoid, the product and the count. */
+static inline float sigmoid_one(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static void hard_assign_scalar(const float *s, int64_t batch, int64_t M, int64_t N, float *y,
+                               float *count) {
+    for (int64_t b = 0; b < batch; ++b) {
+        const float *sb = s + b * M * N;
+        float *yb = y + b * M * N, *cb = count + b * M;
+        for (int64_t m = 0; m < M; ++m) cb[m] = 0.f;
+        for (int64_t n = 0; n < N; ++n) {
+            int64_t best = 0;
+            for (int64_t m = 1; m < M; ++m) {
+                const float v = sb[m * N + n], top = sb[best * N + n];
+                if (v > top || (v != v && top == top)) best = m;
+            }
+            for (int64_t m = 0; m < M; ++m)
+                yb[m * N + n] = m == best ? sigmoid_one(sb[m * N + n]) : 0.f;
+            cb[best] += 1.f;
+        }
+    }
+}
+
+void enf_hard_assign_scalar(const float *s, int64_t batch, int64_t M, int64_t N, float *y,
+                            float *count) {
+    hard_assign_scalar(s, batch, M, N, y, count);
+}
+
+void enf_hard_assign(const float *s, int64_t batch, int64_t M, int64_t N, float *y,
+                     float *count) {
+#if defined(__AVX512F__)
+    if (M > 65536) {
+        hard_assign_scalar(s, batch, M, N, y, count);
+        return;
+    }
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t b = 0; b < batch; ++b) {
+        const float *sb = s + b * M * N;
+        float *yb = y + b * M * N, *cb = count + b * M;
+        for (int64_t m = 0; m < M; ++m) cb[m] = 0.f;
+        for (int64_t n0 = 0; n0 < N; n0 += 16) {
+            const __mmask16 k = N - n0 >= 16 ? (__mmask16)0xFFFF
+                                             : (__mmask16)((1u << (N - n0)) - 1u);
+            __m512 top = _mm512_maskz_loadu_ps(k, sb + n0);
+            __m512i best = _mm512_setzero_si512();
+            for (int64_t m = 1; m < M; ++m) {
+                const __m512 v = _mm512_maskz_loadu_ps(k, sb + m * N + n0);
+                /* v > top, or v is NaN while top is not (the first NaN wins, as torch.max) */
+                const __mmask16 gt = _mm512_cmp_ps_mask(v, top, _CMP_GT_OQ)
+                    | (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)
+                       & _mm512_cmp_ps_mask(top, top, _CMP_ORD_Q));
+                top = _mm512_mask_mov_ps(top, gt, v);
+                best = _mm512_mask_mov_epi32(best, gt, _mm512_set1_epi32((int)m));
+            }
+            for (int64_t m = 0; m < M; ++m) {
+                const __mmask16 hit = _mm512_cmpeq_epi32_mask(best, _mm512_set1_epi32((int)m)) & k;
+                __m512 out = _mm512_setzero_ps();
+                if (hit) {
+                    const __m512 v = _mm512_maskz_loadu_ps(hit, sb + m * N + n0);
+                    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), v));
+                    out = _mm512_maskz_div_ps(hit, one, _mm512_add_ps(one, e));
+                    cb[m] += (float)__builtin_popcount((unsigned)hit);
+                }
+                _mm512_mask_storeu_ps(yb + m * N + n0, k, out);
+            }
+        }
+    }
+#else
+    hard_assign_scalar(s, batch, M, N, y, count);
 #endif
 }
