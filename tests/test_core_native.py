@@ -235,11 +235,35 @@ def test_static_int8_form_runs_the_fused_paths_and_equals_pytorch_ops(monkeypatc
         fast = static(x)
     # the stem's norm (into conv2) and every block's FFN norm (into its int8 dwconv)
     assert calls == {'u8 norms': 1 + sum(model.backbone.arch['depths']), 'planes': 1}
-    monkeypatch.setattr(native, '_lib', False)     # the same form on PyTorch ops
+    assert logit_error(model, static, x)['max_rel'] < 5e-2
+    # the same form on PyTorch ops: the same values, except that without the kernels the
+    # FFN's SiLU is fused into fc1 instead of a table on its uint8 pre-activation (so, for
+    # the comparison, no FFN quantises its pre-activation here)
+    weights = [m.weight for m in static.modules() if hasattr(m, 'qweight')]
+    assert sum(w.act_qparams is not None for w in weights) == sum(model.backbone.arch['depths'])
+    for w in weights:
+        w.act_qparams = None
     with torch.inference_mode():
+        fast = static(x)
+        monkeypatch.setattr(native, '_lib', False)
         slow = static(x)
     assert ((fast - slow).abs().max() / slow.abs().max()).item() < 1e-4
-    assert logit_error(model, static, x)['max_rel'] < 5e-2
+
+
+def test_without_the_kernels_the_int8_ffn_fuses_its_silu(monkeypatch):
+    from enformer_core.ops import quantized
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 50, 40, generator=g)
+    q1, q2 = quantized.Int8Weight(torch.randn(96, 40) / 7), quantized.Int8Weight(torch.randn(40, 96) / 10)
+    with quantized.calibrate([q1, q2]):
+        quantized.int8_mlp(x, q1, None, q2, None)
+    table = quantized.int8_mlp(x, q1, None, q2, None)
+    assert torch.allclose(table, quantized.int8_mlp_reference(x, q1, None, q2, None), atol=5e-2)
+    monkeypatch.setattr(native, '_lib', False)
+    fused_silu = quantized.int8_mlp(x, q1, None, q2, None)
+    ref = quantized.int8_mlp_reference(x, q1, None, q2, None)       # its reference follows
+    step = q2.input_qparams[0] * q2.dequantize().abs().sum(1).max()
+    assert (fused_silu - ref).abs().max() <= step + 1e-5 and not torch.equal(fused_silu, table)
 
 
 def test_training_keeps_pytorch_layer_norm():

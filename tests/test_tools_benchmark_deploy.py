@@ -18,6 +18,8 @@ def test_share_of_sgemm_load_average_and_dtypes(load_tool, tmp_path, capsys, mon
     assert 'WARNING: load average 9.00' in text and 'of sgemm' in text
     data = json.loads(out.read_text())
     assert data['machine']['loadavg'] == [9.0, 9.0, 9.0] and data['load_warning']
+    assert data['machine']['native'].startswith('native kernels: ')   # what ran, named
+    assert data['machine']['native'] in text
     rates = data['gemm_gflop_s']
     assert rates['n'] == 2048 and rates['sgemm'] > 0 and rates['bf16'] > 0
     rows = {r['dtype']: r for r in data['results']}
@@ -33,6 +35,19 @@ def test_share_of_sgemm_load_average_and_dtypes(load_tool, tmp_path, capsys, mon
         err = rows[dtype]['vs_fp32']
         assert 0 <= err['mean_abs'] <= err['max_abs'], dtype
     assert 'vs_fp32' not in rows['fp32']
+
+
+def test_kernel_benchmark_compares_every_kernel_with_pytorch(load_tool, capsys):
+    from enformer_core.ops import native
+    if not native.available():
+        pytest.skip(native.describe())
+    load_tool('tools/analysis/benchmark_kernels.py').main(['--iters', '2', '--batch', '1'])
+    rows = [line for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
+    assert len(rows) == 9
+    for row in rows:                     # step, kernel ms, PyTorch ms, ratio, difference
+        kernel, ops, ratio = (float(v) for v in row[58:].split()[:3])
+        assert kernel > 0 and ops > 0 and ratio > 0
+    assert all(r.split()[-1] in ('-', 'codes') or float(r.split()[-1]) < 1e-4 for r in rows)
 
 
 @pytest.mark.slow

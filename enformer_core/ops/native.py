@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
@@ -351,6 +352,15 @@ def hard_assign(s: torch.Tensor, scalar: bool = False) -> Tuple[torch.Tensor, to
 
     _in_blocks(b, s.numel(), run)
     return out, count
+
+
+@lru_cache(maxsize=1024)
+def silu_table(in_qparams: Tuple[float, int], out_qparams: Tuple[float, int]) -> torch.Tensor:
+    """``(256,)`` uint8 for :func:`lookup_u8`: each code ``q`` of a pre-activation quantised
+    at ``in_qparams = (s_z, z_z)`` -> the code of ``silu(s_z (q - z_z))`` at ``out_qparams``
+    (the static int8 FFN's SiLU between fc1 and fc2; cached)."""
+    s, zp = in_qparams
+    return _quantize(F.silu((torch.arange(256, dtype=torch.float32) - zp) * s), *out_qparams)
 
 
 def lookup_u8(x: torch.Tensor, table: torch.Tensor, scalar: bool = False) -> torch.Tensor:

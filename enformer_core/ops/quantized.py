@@ -8,18 +8,16 @@ A Linear ``y = x W^T + b`` with
   ``x ~= s_x * (Q_x - z_x)``, ``s_x = (max(hi, 0) - min(lo, 0)) / 255``,
   ``z_x = round(-min(lo, 0) / s_x)``, ``Q_x = clamp(round(x / s_x) + z_x, 0, 255)`` uint8.
   *Dynamic* (default): the range of the call's own input, one extra pass, no data needed.
-  *Static*: the range seen over calibration batches (:func:`calibrate`), fixed afterwards;
-  this saves the range pass, and in the FFN ``fc1`` then writes its output directly as
-  ``fc2``'s uint8 input (:func:`int8_mlp`; values beyond the range saturate);
+  *Static*: the ranges seen over calibration batches (:func:`calibrate`), fixed afterwards:
+  no range pass, and the FFN passes uint8 from ``fc1`` to ``fc2``, its SiLU a table on
+  ``fc1``'s uint8 pre-activation (:func:`mlp_u8`; values beyond a range saturate);
 * the product ``s_x s_w (Q_x - z_x) Q_w^T`` accumulated in int32 by oneDNN's
-  ``onednn::qlinear_pointwise`` (AVX-512 VNNI: four times the multiply-adds per instruction
-  of fp32), rescaled to float32, with the bias, the SiLU or the residual add fused.
+  ``onednn::qlinear_pointwise`` (AVX-512 VNNI), rescaled to float32 (bias, SiLU or residual
+  add fused) or requantised to uint8.
 
 Shapes: ``x`` ``(..., K)`` float32, ``Q_w`` ``(N, K)``, output ``(..., N)`` float32.
-
-:func:`int8_linear` is the fast path; :func:`int8_linear_reference` computes the same
-quantised maths with plain float ops (dequantise, then ``F.linear``) and is what the tests
-compare it with.  The ops ship with PyTorch's CPU build: no extra package is needed.
+:func:`int8_linear` is the fast path, :func:`int8_linear_reference` the same maths in float
+ops (for tests).  The kernels ship with PyTorch's CPU build: no extra package.
 """
 from __future__ import annotations
 
@@ -31,6 +29,8 @@ from typing import Iterable, Iterator, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from . import native
 
 _ONEDNN = getattr(torch.ops, 'onednn', None)
 HAS_INT8_LINEAR = (torch.backends.mkldnn.is_available() and _ONEDNN is not None
@@ -115,28 +115,14 @@ class Int8Weight:
         if x2.numel() == 0:
             return 1.0, 0
         lo, hi = _range(x2)
-        if record and self.observing and math.isfinite(lo) and math.isfinite(hi):
-            old = self.observed or (lo, hi)
-            self.observed = (min(old[0], lo), max(old[1], hi))
+        if record and self.observing:
+            self.observed = _widen(self.observed, lo, hi)
         return qparams_from_range(lo, hi)
 
     def observe_preactivation(self, z: torch.Tensor) -> None:
         """Widen the recorded range of this layer's output before its SiLU (calibrating)."""
-        lo, hi = _range(z) if z.numel() else (math.nan, math.nan)
-        if math.isfinite(lo) and math.isfinite(hi):
-            old = self.act_observed or (lo, hi)
-            self.act_observed = (min(old[0], lo), max(old[1], hi))
-
-    def silu_table(self, out_qparams: Tuple[float, int]) -> torch.Tensor:
-        """``(256,)`` uint8: code ``q`` of the pre-activation (``act_qparams``) -> the code of
-        ``silu(s_z (q - z_z))`` at ``out_qparams`` (cached per ``out_qparams``)."""
-        key = (self.act_qparams, tuple(out_qparams))
-        if getattr(self, '_table_key', None) != key:
-            s, zp = self.act_qparams
-            z = (torch.arange(256, dtype=torch.float32) - zp) * s
-            self._table = quantize_u8_reference(F.silu(z), *out_qparams)
-            self._table_key = key
-        return self._table
+        if z.numel():
+            self.act_observed = _widen(self.act_observed, *_range(z))
 
     @property
     def mode(self) -> str:
@@ -156,6 +142,13 @@ def qparams_from_range(lo: float, hi: float) -> Tuple[float, int]:
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = (hi - lo) / 255 if hi > lo else 1.0
     return scale, int(min(255, max(0, round(-lo / scale))))
+
+
+def _widen(old: Optional[Tuple[float, float]], lo: float, hi: float):
+    """The recorded range ``old`` widened to hold ``[lo, hi]`` (non-finite bounds ignored)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return old
+    return (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
 
 
 def _range(x: torch.Tensor) -> Tuple[float, float]:
@@ -270,16 +263,15 @@ def mlp_u8(hq: torch.Tensor, w1: Int8Weight, b1: Optional[torch.Tensor], w2: Int
     input quantisation, ``(rows, K)`` uint8; fc1 writes fc2's uint8 input directly.
     ``residual`` is ``(rows, N)`` or ``None``; float32 ``(rows, N)`` out.
 
-    With a calibrated pre-activation quantisation (``w1.act_qparams``) fc1 writes its
-    pre-activation as uint8 and the SiLU is a 256-entry table into fc2's input codes
-    (:meth:`Int8Weight.silu_table`): oneDNN's fused SiLU costs more than the matmul on
-    EnFormer-S's narrow layers; otherwise fc1 fuses it."""
-    from . import native                          # (native's fallbacks import this module)
+    With a calibrated pre-activation quantisation (``w1.act_qparams``) and the compiled
+    kernels, fc1 writes its pre-activation as uint8 and the SiLU is a 256-entry table into
+    fc2's input codes (:func:`~enformer_core.ops.native.silu_table`; oneDNN's fused SiLU costs more than the
+    matmul on EnFormer-S's narrow layers); otherwise fc1 fuses the SiLU."""
     s1, z1 = w1.input_qparams
     s2, z2 = w2.input_qparams
-    if w1.act_qparams is not None:
+    if silu_table_applies(w1):
         zq = _qlinear(hq, s1, z1, w1, b1, None, out_qparams=w1.act_qparams)
-        h2 = native.lookup_u8(zq, w1.silu_table((s2, z2)))
+        h2 = native.lookup_u8(zq, native.silu_table(w1.act_qparams, (s2, z2)))
     else:
         h2 = _qlinear(hq, s1, z1, w1, b1, 'silu', out_qparams=(s2, z2))
     return _qlinear(h2, s2, z2, w2, b2, None,
@@ -305,10 +297,15 @@ def int8_mlp(x: torch.Tensor, w1: Int8Weight, b1: Optional[torch.Tensor], w2: In
     return out.view(*lead, w2.out_features)
 
 
+def silu_table_applies(w1: Int8Weight) -> bool:
+    """Whether the static chain's SiLU after ``w1`` is a table (:func:`mlp_u8`)."""
+    return w1.act_qparams is not None and native.available()
+
+
 def int8_mlp_reference(x, w1, b1, w2, b2, residual=None) -> torch.Tensor:
-    """:func:`int8_mlp`'s maths with float ops (for tests): in the static chain with a
-    pre-activation quantisation, the SiLU acts on the quantised pre-activation."""
-    if w1.act_qparams is not None and static_chain(w1, w2):
+    """:func:`int8_mlp`'s maths with float ops (for tests): where the static chain's SiLU is
+    a table, it acts on the quantised pre-activation."""
+    if static_chain(w1, w2) and silu_table_applies(w1):
         s, zp = w1.act_qparams
         z = quantize_u8_reference(int8_linear_reference(x, w1, b1), s, zp)
         h = F.silu((z.float() - zp) * s)

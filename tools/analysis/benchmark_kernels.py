@@ -52,6 +52,12 @@ def cases(batch: int):
                                         -1).contiguous(), 0.02, 120)
     pts, sim = rand(batch * 4, 196, 20), rand(batch * 4, 25, 196)
     alpha, beta = rand(25).abs() + 1, rand(25)
+    sim9 = rand(batch * 4, 9, 196)
+
+    def hard_ops():                      # the eval path it replaces (one_hot_argmax & co.)
+        from enformer_core.ops.clustering import one_hot_argmax
+        mask = one_hot_argmax(sim9)
+        return torch.sigmoid(sim9) * mask, mask.sum(-1)
     zq = torch.randint(0, 256, (batch * 196, 640), dtype=torch.uint8, generator=g)
     table = torch.randint(0, 256, (256,), dtype=torch.uint8, generator=g)
     deq = lambda: quantize_u8(F.silu((zq.float() - 128) * 0.05), 0.02, 20)  # noqa
@@ -67,6 +73,8 @@ def cases(batch: int):
         ('softmax over 25 centres + sums, scale/offset',
          lambda: native.softmax_centres(sim, alpha, beta, rowsum=True),
          lambda: native.softmax_centres_reference(sim, alpha, beta, rowsum=True)),
+        ('partitional assignment, 9 centres',
+         lambda: native.hard_assign(sim9), hard_ops),
         ('SiLU uint8 -> uint8 (table vs float ops), stage 2 fc1',
          lambda: native.lookup_u8(zq, table), deq),
     ]
@@ -92,7 +100,9 @@ def main(argv=None):
     import torch
 
     from enformer_core.ops import native
+    from enformer_core.utils.malloc import tune_malloc
     torch.set_num_threads(args.threads)
+    tune_malloc()                        # (as benchmark.py: no page faults per allocation)
     if not native.available():
         raise SystemExit(f'{native.describe()}: nothing to compare (ENFORMER_NATIVE=0, or no '
                          f'C compiler)')
