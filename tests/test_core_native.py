@@ -84,6 +84,26 @@ def test_threaded_blocks_equal_one_call(monkeypatch):
     assert all(torch.equal(a, c) for a, c in zip(one, two))
 
 
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs fork')
+def test_threaded_kernels_work_in_a_forked_child(monkeypatch):
+    """The thread pool of the parent does not exist in a forked child (a data loader
+    worker); the child makes its own instead of waiting on the parent's forever."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(native, 'PARALLEL_MIN', 1)
+    x = torch.randn(64, 20)
+    try:
+        want = native.layer_norm(x, None, None, 1e-6)          # the parent's pool exists now
+        pid = os.fork()
+        if pid == 0:                                            # the child: exit 0 when right
+            ok = torch.equal(native.layer_norm(x, None, None, 1e-6), want)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        torch.set_num_threads(old)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 @pytest.mark.parametrize('size', [(16, 16), (37, 29)])   # whole and partial 16-pixel runs
 @pytest.mark.parametrize('scalar', [False, True])
 def test_quantize_planes_equals_quantise_then_concatenate(size, scalar):

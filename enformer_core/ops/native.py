@@ -52,6 +52,15 @@ _lib = None          # the loaded library; False once it is off or failed (fallb
 _pool: Optional[ThreadPoolExecutor] = None
 
 
+def _forget_pool() -> None:
+    global _pool
+    _pool = None
+
+
+if hasattr(os, 'register_at_fork'):  # a forked child has none of the parent's pool threads
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def cache_dir() -> Path:
     root = os.environ.get('ENFORMER_CACHE') or Path.home() / '.cache' / 'enformer'
     return Path(root) / 'native'
