@@ -63,6 +63,10 @@ def test_layer_norm_without_affine_and_its_errors():
     assert torch.allclose(native.layer_norm(x, None, None, 1e-5), ref, atol=1e-5)
     with pytest.raises(ValueError, match="act must be None or 'silu'"):
         native.layer_norm(x, None, None, 1e-5, act='gelu')
+    with pytest.raises(ValueError, match='the weight has 20 values for 24 channels'):
+        native.layer_norm(x, torch.ones(20), None, 1e-5)      # never read past the end
+    with pytest.raises(ValueError, match='beta has 3 values for 4 channels'):
+        native.softmax_centres(torch.randn(2, 4, 5), torch.ones(4), torch.ones(3))
 
 
 def test_threaded_blocks_equal_one_call(monkeypatch):

@@ -319,8 +319,8 @@ class EnsembleClustering(nn.Module):
             return self.proj_out(y, residual)
         # dispatch: bilinear upsampling of the agents (channels-last).  Both are affine and
         # the bilinear weights sum to one, so in inference the projection goes first, on the
-        # agents (16x fewer rows at 56x56); traced runs keep the published order
-        if fused.inference(y):
+        # agents (16x fewer rows at 56x56); traced and autocast runs keep the published order
+        if fused.inference(y) and not fused.autocast(y):
             up = F.interpolate(self.proj_out(y).permute(0, 3, 1, 2), size=(hh, ww),
                                mode='bilinear', align_corners=False).permute(0, 2, 3, 1)
             return up if residual is None else up.add_(residual)

@@ -3,26 +3,24 @@
 * :func:`layer_norm`: ``act(LayerNorm(x))`` over the last dim of a float32 map, written as
   float32, or as uint8 at the next int8 layer's static input quantisation (one pass instead
   of LayerNorm, SiLU and a quantise pass).  PyTorch's LayerNorm costs about 30 ns per row
-  whatever the width, most of the time on EnFormer-S's narrow maps (20-80 channels); the
-  kernel takes 2-3x less there.
+  whatever the width: most of the time on EnFormer-S's narrow maps (20-80 channels).
 * :func:`quantize_planes`: the image with its coordinate channels appended, quantised
   straight into the stem's uint8 channels-last input (no float32 concatenation).
-* :func:`lookup_u8`: a 256-entry table applied to a uint8 tensor (the static int8 FFN's
-  SiLU between ``fc1``'s uint8 pre-activation and ``fc2``'s uint8 input).
-* :func:`unit_rows`, :func:`softmax_centres` and :func:`hard_assign`: the clustering's unit
-  vectors, its softmax over the centres (with the similarity's per-centre scale and offset,
-  and the fuzzy rule's per-centre sums) and the partitional rule in evaluation, one pass
-  each instead of three to eight PyTorch ops on small tensors.
+* :func:`lookup_u8`: a 256-entry table on a uint8 tensor (the static int8 FFN's SiLU
+  between ``fc1``'s uint8 pre-activation and ``fc2``'s uint8 input, :func:`silu_table`).
+* :func:`unit_rows`, :func:`softmax_centres`, :func:`hard_assign`: the clustering's unit
+  vectors, its softmax over the centres (with the similarity's scale and offset, and the
+  fuzzy rule's sums) and the partitional rule in evaluation, one pass each.
 
-``docs/benchmarks.md`` ("What makes it fast") has the measurements.  The C file is built
-once per machine, on first use, with the machine's compiler (``$CC``, else ``cc``;
-``-O3 -march=native``) into ``~/.cache/enformer/native/<key>/`` (``$ENFORMER_CACHE``
-replaces ``~/.cache/enformer``; the key hashes the source, compiler and flags) and loaded
-with ``ctypes``: no torch headers, no install-time build, about a second of compiling.
-Without a compiler, or with ``ENFORMER_NATIVE=0``, the same maths runs in PyTorch ops
-(:func:`layer_norm_reference`, :func:`quantize_planes_reference`; equal up to float
-rounding, and one uint8 step where a value sits on a rounding boundary), after one warning
-that says why.
+Measurements: ``docs/benchmarks.md``, "What makes it fast".  The C file is built once per
+machine, on first use, with ``$CC`` (else ``cc``) ``-O3 -march=native`` into
+``~/.cache/enformer/native/<key>/`` (``$ENFORMER_CACHE`` replaces ``~/.cache/enformer``) and
+loaded with ``ctypes``: no torch headers, no install-time build, about a second.  The key
+hashes the source, the compiler, its flags and the CPU's model and flags, so a home folder
+shared by different CPUs (a cluster) never loads code built for instructions a machine
+lacks.  Without a compiler, or with ``ENFORMER_NATIVE=0``, PyTorch ops run (the
+``*_reference`` functions: equal up to float rounding and one uint8 step on rounding ties;
+the static int8 FFN then fuses its SiLU into ``fc1``), after one warning that says why.
 """
 from __future__ import annotations
 
@@ -41,7 +39,6 @@ from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-
 
 SOURCE = Path(__file__).with_name('native_kernels.c')
 FLAGS = ('-O3', '-std=c99', '-shared', '-fPIC')
@@ -73,6 +70,16 @@ def _compiler() -> Optional[str]:
     return shutil.which('cc') or shutil.which('gcc') or shutil.which('clang')
 
 
+def _cpu_signature() -> str:
+    """The CPU's model name and instruction-set flags (what ``-march=native`` targets)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            lines = [ln for ln in f if ln.startswith(('model name', 'flags', 'Features'))]
+        return ''.join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
 def _compile(cc: str, flags: Tuple[str, ...], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
@@ -100,7 +107,7 @@ def build(extra_flags: Tuple[str, ...] = ('-march=native',)) -> Path:
     except (OSError, subprocess.SubprocessError) as err:
         raise RuntimeError(f'{cc} --version failed: {err}') from err
     key = hashlib.sha256('\0'.join([SOURCE.read_text(), cc, version, platform.machine(),
-                                    *flags]).encode()).hexdigest()[:16]
+                                    _cpu_signature(), *flags]).encode()).hexdigest()[:16]
     out = cache_dir() / key / 'enformer_kernels.so'
     if not out.exists():
         try:
@@ -113,29 +120,26 @@ def build(extra_flags: Tuple[str, ...] = ('-march=native',)) -> Path:
     return out
 
 
+#: each C function's arguments (``p`` pointer, ``i64``/``i32`` integers, ``f32`` float); its
+#: ``*_scalar`` twin (the portable path, for tests) takes the same
+_SIGNATURES = {
+    'enf_layer_norm': 'p i64 i64 p p f32 i32 p p f32 f32',
+    'enf_quantize_planes': 'p i64 i64 i64 p i64 f32 f32 p',
+    'enf_unit_rows': 'p i64 i64 f32 p',
+    'enf_softmax_centres': 'p i64 i64 i64 p p p p',
+    'enf_hard_assign': 'p i64 i64 i64 p p',
+    'enf_lookup_u8': 'p i64 p p',
+}
+_CTYPES = dict(p=ctypes.c_void_p, i64=ctypes.c_int64, i32=ctypes.c_int, f32=ctypes.c_float)
+
+
 def load(path: Path) -> ctypes.CDLL:
     """The library at ``path``, its functions' signatures declared."""
     lib = ctypes.CDLL(str(path))
-    p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    for name in ('enf_layer_norm', 'enf_layer_norm_scalar'):
-        getattr(lib, name).argtypes = [p, i64, i64, p, p, f32, i32, p, p, f32, f32]
-        getattr(lib, name).restype = None
-    for name in ('enf_quantize_planes', 'enf_quantize_planes_scalar'):
-        getattr(lib, name).argtypes = [p, i64, i64, i64, p, i64, f32, f32, p]
-        getattr(lib, name).restype = None
-    for name in ('enf_unit_rows', 'enf_unit_rows_scalar'):
-        getattr(lib, name).argtypes = [p, i64, i64, f32, p]
-        getattr(lib, name).restype = None
-    for name in ('enf_softmax_centres', 'enf_softmax_centres_scalar'):
-        getattr(lib, name).argtypes = [p, i64, i64, i64, p, p, p, p]
-        getattr(lib, name).restype = None
-    for name in ('enf_hard_assign', 'enf_hard_assign_scalar'):
-        getattr(lib, name).argtypes = [p, i64, i64, i64, p, p]
-        getattr(lib, name).restype = None
-    for name in ('enf_lookup_u8', 'enf_lookup_u8_scalar'):
-        getattr(lib, name).argtypes = [p, i64, p, p]
-        getattr(lib, name).restype = None
-    lib.enf_has_avx512.restype = i32
+    for name, args in _SIGNATURES.items():
+        for fn in (getattr(lib, name), getattr(lib, name + '_scalar')):
+            fn.argtypes, fn.restype = [_CTYPES[a] for a in args.split()], None
+    lib.enf_has_avx512.restype = ctypes.c_int
     return lib
 
 
@@ -209,8 +213,14 @@ def _quantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     return quantize_u8_reference(x, scale, zero_point)
 
 
-def _affine(t: Optional[torch.Tensor], c: int, fill: float) -> torch.Tensor:
-    return torch.full((c,), fill) if t is None else t.detach().float().contiguous()
+def _affine(t: Optional[torch.Tensor], c: int, fill: float, what: str) -> torch.Tensor:
+    """``t`` as a contiguous float32 ``(c,)`` vector (``fill`` where ``None``); a wrong size is
+    an error here, before C code would read past its end."""
+    if t is None:
+        return torch.full((c,), fill)
+    if t.numel() != c:
+        raise ValueError(f'{what} has {t.numel()} values for {c} channels')
+    return t.detach().float().contiguous()
 
 
 def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
@@ -227,7 +237,7 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[t
         return layer_norm_reference(x, weight, bias, eps, act, out_qparams)
     c = x.shape[-1]
     rows = x.numel() // c
-    w, b = _affine(weight, c, 1.0), _affine(bias, c, 0.0)
+    w, b = _affine(weight, c, 1.0, 'the weight'), _affine(bias, c, 0.0, 'the bias')
     quantised = out_qparams is not None
     out = torch.empty(x.shape, dtype=torch.uint8 if quantised else torch.float32)
     inv_scale, zp = (1.0 / out_qparams[0], float(out_qparams[1])) if quantised else (0.0, 0.0)
@@ -321,7 +331,7 @@ def softmax_centres(s: torch.Tensor, alpha: Optional[torch.Tensor] = None,
         return softmax_centres_reference(s, alpha, beta, rowsum)
     b, m, n = s.shape
     if alpha is not None:
-        alpha, beta = _affine(alpha, m, 1.0), _affine(beta, m, 0.0)
+        alpha, beta = _affine(alpha, m, 1.0, 'alpha'), _affine(beta, m, 0.0, 'beta')
     out = torch.empty_like(s)
     sums = torch.empty(b, m) if rowsum else None
     lib = library()
