@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native
+from .fused import inference
 
 try:  # optional accelerator for the hard-assignment segment sum
     import torch_scatter  # type: ignore
@@ -37,8 +38,7 @@ _EPS = 1e-7  # the published normaliser epsilon of the soft rules
 def _native(x: torch.Tensor) -> bool:
     """Inference on a float32 CPU tensor (no autograd, nothing traced) with the compiled
     kernels available: :mod:`~enformer_core.ops.native` computes the step in one pass."""
-    return (not torch.is_grad_enabled() and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and native.supports(x))
+    return inference(x) and native.supports(x)
 
 
 def unit_vectors(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -98,8 +98,7 @@ def scaled_cosine_similarity(centres: torch.Tensor, points: torch.Tensor, alpha:
     inference the scale goes into the unit centres and the offset into the matmul
     (``baddbmm(beta, alpha * unit(C), unit(P)^T)``: one op on ``(b, M, N)`` instead of three;
     the same value up to float rounding)."""
-    if not torch.is_grad_enabled() and not torch.jit.is_tracing() and \
-            not torch.compiler.is_compiling():
+    if inference(centres):
         dt = centres.dtype
         return torch.baddbmm(beta.to(dt).view(1, -1, 1),
                              unit_vectors(centres) * alpha.to(dt).view(1, -1, 1),

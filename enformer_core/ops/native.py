@@ -164,6 +164,11 @@ def library() -> Optional[ctypes.CDLL]:
     return _lib or None
 
 
+def _kernel(name: str, scalar: bool):
+    """The C function ``name`` (its portable ``*_scalar`` twin for ``scalar=True``)."""
+    return getattr(library(), name + '_scalar' if scalar else name)
+
+
 def available() -> bool:
     return library() is not None
 
@@ -241,8 +246,7 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[t
     quantised = out_qparams is not None
     out = torch.empty(x.shape, dtype=torch.uint8 if quantised else torch.float32)
     inv_scale, zp = (1.0 / out_qparams[0], float(out_qparams[1])) if quantised else (0.0, 0.0)
-    lib = library()
-    fn = lib.enf_layer_norm_scalar if scalar else lib.enf_layer_norm
+    fn = _kernel('enf_layer_norm', scalar)
     item = out.element_size()
 
     def run(start: int, stop: int) -> None:
@@ -278,8 +282,7 @@ def quantize_planes(x: torch.Tensor, extra: torch.Tensor, qparams: Tuple[float, 
     k, hw = extra.shape[2], h * w
     extra = extra.contiguous()
     out = torch.empty(b, h, w, c + k, dtype=torch.uint8)
-    lib = library()
-    fn = lib.enf_quantize_planes_scalar if scalar else lib.enf_quantize_planes
+    fn = _kernel('enf_quantize_planes', scalar)
 
     def run(start: int, stop: int) -> None:   # images start .. stop-1
         fn(x.data_ptr() + start * c * hw * 4, stop - start, c, hw, extra.data_ptr(), k,
@@ -301,8 +304,7 @@ def unit_rows(x: torch.Tensor, eps: float = 1e-12, scalar: bool = False) -> torc
     d = x.shape[-1]
     rows = x.numel() // d
     out = torch.empty_like(x)
-    lib = library()
-    fn = lib.enf_unit_rows_scalar if scalar else lib.enf_unit_rows
+    fn = _kernel('enf_unit_rows', scalar)
 
     def run(start: int, stop: int) -> None:
         fn(x.data_ptr() + start * d * 4, stop - start, d, eps, out.data_ptr() + start * d * 4)
@@ -334,8 +336,7 @@ def softmax_centres(s: torch.Tensor, alpha: Optional[torch.Tensor] = None,
         alpha, beta = _affine(alpha, m, 1.0, 'alpha'), _affine(beta, m, 0.0, 'beta')
     out = torch.empty_like(s)
     sums = torch.empty(b, m) if rowsum else None
-    lib = library()
-    fn = lib.enf_softmax_centres_scalar if scalar else lib.enf_softmax_centres
+    fn = _kernel('enf_softmax_centres', scalar)
     a_ptr = None if alpha is None else alpha.data_ptr()
     b_ptr = None if beta is None else beta.data_ptr()
 
@@ -362,8 +363,7 @@ def hard_assign(s: torch.Tensor, scalar: bool = False) -> Tuple[torch.Tensor, to
         return hard_assign_reference(s)
     b, m, n = s.shape
     out, count = torch.empty_like(s), torch.empty(b, m)
-    lib = library()
-    fn = lib.enf_hard_assign_scalar if scalar else lib.enf_hard_assign
+    fn = _kernel('enf_hard_assign', scalar)
 
     def run(start: int, stop: int) -> None:
         fn(s.data_ptr() + start * m * n * 4, stop - start, m, n,
@@ -391,7 +391,6 @@ def lookup_u8(x: torch.Tensor, table: torch.Tensor, scalar: bool = False) -> tor
         return table[x.long()]
     out = torch.empty_like(x)
     table = table.contiguous()
-    lib = library()
-    fn = lib.enf_lookup_u8_scalar if scalar else lib.enf_lookup_u8
+    fn = _kernel('enf_lookup_u8', scalar)
     fn(x.data_ptr(), x.numel(), table.data_ptr(), out.data_ptr())
     return out

@@ -442,10 +442,6 @@ void enf_hard_assign_scalar(const float *s, int64_t batch, int64_t M, int64_t N,
 void enf_hard_assign(const float *s, int64_t batch, int64_t M, int64_t N, float *y,
                      float *count) {
 #if defined(__AVX512F__)
-    if (M > 65536) {
-        hard_assign_scalar(s, batch, M, N, y, count);
-        return;
-    }
     const __m512 one = _mm512_set1_ps(1.0f);
     for (int64_t b = 0; b < batch; ++b) {
         const float *sb = s + b * M * N;
